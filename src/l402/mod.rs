@@ -1,0 +1,16 @@
+//! The L402 protocol: macaroons, identifiers, caveats, keys, headers. Pure: no I/O, no clock, no host.
+
+pub mod caveats;
+pub mod encoding;
+pub mod header;
+pub mod identifier;
+pub mod keys;
+pub mod macaroon;
+pub mod token;
+
+pub use caveats::Requirement;
+pub use header::{challenge, parse_authorization, parse_macaroon_header, Scheme};
+pub use identifier::Identifier;
+pub use keys::SecretRing;
+pub use macaroon::Macaroon;
+pub use token::{authenticate, mint, verify, Credential, Grant, Token, VerifyError};

@@ -1,0 +1,6 @@
+//! l402-wasm: an L402 paywall for Envoy and Kong as a proxy-wasm filter.
+//!
+//! `l402` is the protocol, `lightning` the node APIs, `config` and `gate` the policy; all of them
+//! are pure and tested natively. `filter` is the only module that talks to the proxy-wasm host.
+
+pub mod l402;
