@@ -3,4 +3,11 @@
 //! `l402` is the protocol, `lightning` the node APIs, `config` and `gate` the policy; all of them
 //! are pure and tested natively. `filter` is the only module that talks to the proxy-wasm host.
 
+pub mod config;
 pub mod l402;
+pub mod gate;
+pub mod lightning;
+pub mod policy;
+pub mod response;
+#[cfg(test)]
+mod testing;

@@ -1,0 +1,484 @@
+//! The filter's JSON configuration: one document for Envoy's `configuration`, Kong's filter `config`
+//! and `l402 config check`. Parsing is strict (unknown fields are refused) and every error names the
+//! field it is about, so a bad config stops the plugin at load with a message an operator can act on.
+
+use crate::l402::encoding::hex_decode;
+use crate::l402::SecretRing;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+
+/// Longest invoice description BOLT11 can carry.
+const MAX_MEMO_BYTES: usize = 639;
+const DEFAULT_TIMEOUT_MS: u32 = 3000;
+const DEFAULT_EXPIRY_S: u32 = 600;
+const DEFAULT_MEMO: &str = "{service} access";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError { field: field.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: {}: {}", self.field, self.message)
+    }
+}
+
+/// A value given inline or named by an environment variable (Envoy passes those to the VM with
+/// `vm_config.environment_variables.host_env_keys`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Source<T> {
+    Inline(T),
+    Env { env: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    secrets: Source<Vec<String>>,
+    node: RawNode,
+    #[serde(default)]
+    invoice: RawInvoice,
+    routes: Vec<RawRoute>,
+    #[serde(default)]
+    unmatched: Unmatched,
+    #[serde(default)]
+    challenge: RawChallenge,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    kind: NodeKind,
+    upstream: String,
+    authority: String,
+    #[serde(default)]
+    tls: bool,
+    credential: Source<String>,
+    #[serde(default = "default_timeout")]
+    timeout_ms: u32,
+}
+
+fn default_timeout() -> u32 {
+    DEFAULT_TIMEOUT_MS
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawInvoice {
+    expiry_s: u32,
+    memo: String,
+}
+
+impl Default for RawInvoice {
+    fn default() -> RawInvoice {
+        RawInvoice { expiry_s: DEFAULT_EXPIRY_S, memo: DEFAULT_MEMO.to_owned() }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawChallenge {
+    lsat_header: bool,
+}
+
+impl Default for RawChallenge {
+    fn default() -> RawChallenge {
+        RawChallenge { lsat_header: true }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    #[serde(rename = "match")]
+    matcher: RawMatch,
+    #[serde(default)]
+    free: bool,
+    service: Option<String>,
+    price_sat: Option<u64>,
+    price_msat: Option<u64>,
+    lifetime_s: Option<u64>,
+    #[serde(default)]
+    capabilities: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    path: Option<String>,
+    path_prefix: Option<String>,
+    methods: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    Lnd,
+    Cln,
+    Lnbits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmatched {
+    #[default]
+    Deny,
+    Free,
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub kind: NodeKind,
+    /// Envoy cluster name (or `host:port` under Kong) the callout is dispatched to.
+    pub upstream: String,
+    pub authority: String,
+    pub tls: bool,
+    pub credential: Secret,
+    pub timeout_ms: u32,
+}
+
+/// A node credential. It never reaches a log line, even through `{:?}` of the whole config.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    Any,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub path: PathMatch,
+    /// Upper-case method names; empty means any method.
+    pub methods: Vec<String>,
+    pub access: Access,
+}
+
+#[derive(Debug, Clone)]
+pub enum Access {
+    Free,
+    Paid(Service),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub price_msat: u64,
+    pub lifetime_s: Option<u64>,
+    pub capabilities: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub secrets: SecretRing,
+    pub node: Node,
+    pub invoice_expiry_s: u32,
+    pub memo: String,
+    pub routes: Vec<Route>,
+    pub unmatched: Unmatched,
+    pub lsat_header: bool,
+}
+
+impl Config {
+    /// Parses and validates a config; `env` resolves `{"env": NAME}` sources.
+    pub fn parse(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut deserializer = serde_json::Deserializer::from_slice(json);
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." || path == "?" { "config".to_owned() } else { path };
+            ConfigError::new(field, e.into_inner().to_string())
+        })?;
+        raw.validate(env)
+    }
+
+    /// The memo for a service's invoice.
+    pub fn memo_for(&self, service: &str) -> String {
+        self.memo.replace("{service}", service)
+    }
+}
+
+fn resolve<T>(source: Source<T>, field: &str, env: &dyn Fn(&str) -> Option<String>, from_env: impl Fn(String) -> T) -> Result<T, ConfigError> {
+    match source {
+        Source::Inline(value) => Ok(value),
+        Source::Env { env: name } => env(&name)
+            .filter(|v| !v.trim().is_empty())
+            .map(from_env)
+            .ok_or_else(|| ConfigError::new(field, format!("environment variable {name} is not set for the plugin"))),
+    }
+}
+
+/// Secrets are hex strings; from the environment, a comma- or whitespace-separated list.
+pub fn parse_secret_list(text: &str) -> Vec<String> {
+    text.split(|c: char| c == ',' || c.is_whitespace()).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+fn secret_ring(hex_secrets: Vec<String>) -> Result<SecretRing, ConfigError> {
+    let mut secrets = Vec::with_capacity(hex_secrets.len());
+    for (index, text) in hex_secrets.iter().enumerate() {
+        let bytes = hex_decode(text.trim()).ok_or_else(|| ConfigError::new(format!("secrets[{index}]"), "must be hex"))?;
+        secrets.push(bytes);
+    }
+    SecretRing::new(secrets).map_err(|e| ConfigError::new("secrets", e.to_string()))
+}
+
+fn is_token_text(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
+}
+
+impl RawConfig {
+    fn validate(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let secrets = secret_ring(resolve(self.secrets, "secrets", env, |v| parse_secret_list(&v))?)?;
+
+        let node = self.node;
+        if node.upstream.trim().is_empty() {
+            return Err(ConfigError::new("node.upstream", "must name the Envoy cluster (or host:port) of the node"));
+        }
+        if node.authority.trim().is_empty() || node.authority.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            return Err(ConfigError::new("node.authority", "must be the node's host[:port]"));
+        }
+        if !(1..=60_000).contains(&node.timeout_ms) {
+            return Err(ConfigError::new("node.timeout_ms", "must be between 1 and 60000"));
+        }
+        let credential = resolve(node.credential, "node.credential", env, |v| v.trim().to_owned())?;
+        if credential.is_empty() || credential.bytes().any(|b| b.is_ascii_control()) {
+            return Err(ConfigError::new("node.credential", "must be a non-empty header value"));
+        }
+        if node.kind == NodeKind::Lnd && hex_decode(&credential).is_none() {
+            return Err(ConfigError::new("node.credential", "an LND credential is the invoice macaroon in hex"));
+        }
+
+        if self.invoice.expiry_s == 0 {
+            return Err(ConfigError::new("invoice.expiry_s", "must be at least 1"));
+        }
+        if self.invoice.memo.len() > MAX_MEMO_BYTES {
+            return Err(ConfigError::new("invoice.memo", format!("must be at most {MAX_MEMO_BYTES} bytes")));
+        }
+
+        if self.routes.is_empty() {
+            return Err(ConfigError::new("routes", "at least one route is required"));
+        }
+        let mut prices: HashMap<String, (u64, usize)> = HashMap::new();
+        let mut routes = Vec::with_capacity(self.routes.len());
+        for (index, raw) in self.routes.into_iter().enumerate() {
+            let route = raw.validate(index, node.kind)?;
+            if let Access::Paid(service) = &route.access {
+                if let Some((price, first)) = prices.get(&service.name) {
+                    if *price != service.price_msat {
+                        return Err(ConfigError::new(
+                            format!("routes[{index}].service"),
+                            format!("service {} is priced differently in routes[{first}]", service.name),
+                        ));
+                    }
+                } else {
+                    prices.insert(service.name.clone(), (service.price_msat, index));
+                }
+            }
+            routes.push(route);
+        }
+
+        Ok(Config {
+            secrets,
+            node: Node {
+                kind: node.kind,
+                upstream: node.upstream,
+                authority: node.authority,
+                tls: node.tls,
+                credential: Secret(credential),
+                timeout_ms: node.timeout_ms,
+            },
+            invoice_expiry_s: self.invoice.expiry_s,
+            memo: self.invoice.memo,
+            routes,
+            unmatched: self.unmatched,
+            lsat_header: self.challenge.lsat_header,
+        })
+    }
+}
+
+impl RawRoute {
+    fn validate(self, index: usize, node: NodeKind) -> Result<Route, ConfigError> {
+        let field = |name: &str| format!("routes[{index}].{name}");
+        let path = match (self.matcher.path, self.matcher.path_prefix) {
+            (Some(_), Some(_)) => return Err(ConfigError::new(field("match"), "give path or path_prefix, not both")),
+            (Some(p), None) => PathMatch::Exact(checked_path(p, field("match.path"))?),
+            (None, Some(p)) => PathMatch::Prefix(checked_path(p, field("match.path_prefix"))?),
+            (None, None) => PathMatch::Any,
+        };
+        let mut methods = Vec::new();
+        for (i, m) in self.matcher.methods.unwrap_or_default().into_iter().enumerate() {
+            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+                return Err(ConfigError::new(field(&format!("match.methods[{i}]")), "must be an HTTP method name"));
+            }
+            methods.push(m.to_ascii_uppercase());
+        }
+
+        let access = if self.free {
+            if self.service.is_some() || self.price_sat.is_some() || self.price_msat.is_some() {
+                return Err(ConfigError::new(field("free"), "a free route has no service or price"));
+            }
+            Access::Free
+        } else {
+            let name = self.service.ok_or_else(|| ConfigError::new(field("service"), "required unless the route is free"))?;
+            if !is_token_text(&name) || name.len() > 64 {
+                return Err(ConfigError::new(field("service"), "must be 1-64 characters of A-Z a-z 0-9 . -"));
+            }
+            let price_msat = match (self.price_sat, self.price_msat) {
+                (Some(sat), None) => sat.checked_mul(1000),
+                (None, Some(msat)) => Some(msat),
+                _ => return Err(ConfigError::new(field("price_sat"), "give exactly one of price_sat and price_msat")),
+            }
+            .filter(|p| *p > 0)
+            .ok_or_else(|| ConfigError::new(field("price_sat"), "price must be a positive amount"))?;
+            if node == NodeKind::Lnbits && price_msat % 1000 != 0 {
+                return Err(ConfigError::new(field("price_msat"), "LNbits invoices are in whole satoshis"));
+            }
+            if self.lifetime_s == Some(0) {
+                return Err(ConfigError::new(field("lifetime_s"), "must be at least 1 (omit it for tokens that never expire)"));
+            }
+            for (i, cap) in self.capabilities.iter().enumerate() {
+                if !is_token_text(cap) {
+                    return Err(ConfigError::new(field(&format!("capabilities[{i}]")), "must be characters of A-Z a-z 0-9 . -"));
+                }
+            }
+            Access::Paid(Service { name, price_msat, lifetime_s: self.lifetime_s, capabilities: self.capabilities })
+        };
+        Ok(Route { path, methods, access })
+    }
+}
+
+fn checked_path(path: String, field: String) -> Result<String, ConfigError> {
+    if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+        return Err(ConfigError::new(field, "must start with / and contain no spaces"));
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    const SECRET: &str = "0000000000000000000000000000000000000000000000000000000000000001";
+
+    fn base() -> Value {
+        json!({
+            "secrets": [SECRET],
+            "node": { "kind": "lnd", "upstream": "lnd", "authority": "lnd:8080", "credential": "abcd" },
+            "routes": [
+                { "match": { "path_prefix": "/health" }, "free": true },
+                { "match": { "path_prefix": "/v1/", "methods": ["get"] }, "service": "weather", "price_sat": 10,
+                  "lifetime_s": 3600, "capabilities": ["read"] }
+            ]
+        })
+    }
+
+    fn parse(v: &Value) -> Result<Config, ConfigError> {
+        Config::parse(v.to_string().as_bytes(), &|name| (name == "L402_SECRETS").then(|| format!("{SECRET}, {SECRET}")))
+    }
+
+    fn error_field(v: &Value) -> String {
+        parse(v).err().map(|e| e.field).unwrap_or_else(|| "<accepted>".into())
+    }
+
+    #[test]
+    fn parses_with_defaults() {
+        let c = parse(&base()).unwrap();
+        assert_eq!(c.node.timeout_ms, 3000);
+        assert_eq!(c.invoice_expiry_s, 600);
+        assert_eq!(c.memo_for("weather"), "weather access");
+        assert_eq!(c.unmatched, Unmatched::Deny);
+        assert!(c.lsat_header);
+        assert_eq!(c.routes[1].methods, ["GET"]);
+        let Access::Paid(service) = &c.routes[1].access else { panic!("paid route expected") };
+        assert_eq!(service.price_msat, 10_000);
+        assert!(!format!("{c:?}").contains("abcd"), "node credential must not be printed");
+    }
+
+    #[test]
+    fn resolves_secrets_from_the_environment() {
+        let mut v = base();
+        v["secrets"] = json!({ "env": "L402_SECRETS" });
+        assert!(parse(&v).is_ok());
+        v["secrets"] = json!({ "env": "UNSET" });
+        assert_eq!(error_field(&v), "secrets");
+    }
+
+    #[test]
+    fn every_error_names_its_field() {
+        let cases: Vec<(&str, Value)> = vec![
+            ("node.kind", json!({"kind": "eclair"})),
+            ("node.timeout_ms", json!({"timeout_ms": 0})),
+            ("node.credential", json!({"credential": "not hex"})),
+            ("node.upstream", json!({"upstream": " "})),
+            ("node.colour", json!({"colour": "red"})),
+        ];
+        for (field, patch) in cases {
+            let mut v = base();
+            for (k, val) in patch.as_object().unwrap() {
+                v["node"][k] = val.clone();
+            }
+            assert_eq!(error_field(&v), field, "{patch}");
+        }
+        let mut short = base();
+        short["secrets"] = json!(["abcd"]);
+        assert_eq!(error_field(&short), "secrets");
+        let mut not_hex = base();
+        not_hex["secrets"] = json!(["zz"]);
+        assert_eq!(error_field(&not_hex), "secrets[0]");
+        let mut expiry = base();
+        expiry["invoice"] = json!({"expiry_s": 0});
+        assert_eq!(error_field(&expiry), "invoice.expiry_s");
+        let mut no_routes = base();
+        no_routes["routes"] = json!([]);
+        assert_eq!(error_field(&no_routes), "routes");
+        assert_eq!(Config::parse(b"{", &|_| None).err().map(|e| e.field), Some("config".into()));
+    }
+
+    #[test]
+    fn route_errors_name_the_route() {
+        let route_cases = [
+            ("routes[1].service", json!({"match": {}, "price_sat": 1})),
+            ("routes[1].service", json!({"match": {}, "service": "a,b", "price_sat": 1})),
+            ("routes[1].price_sat", json!({"match": {}, "service": "s"})),
+            ("routes[1].price_sat", json!({"match": {}, "service": "s", "price_sat": 0})),
+            ("routes[1].price_sat", json!({"match": {}, "service": "s", "price_sat": 1, "price_msat": 1000})),
+            ("routes[1].lifetime_s", json!({"match": {}, "service": "s", "price_sat": 1, "lifetime_s": 0})),
+            ("routes[1].capabilities[0]", json!({"match": {}, "service": "s", "price_sat": 1, "capabilities": ["a=b"]})),
+            ("routes[1].match", json!({"match": {"path": "/a", "path_prefix": "/a"}, "service": "s", "price_sat": 1})),
+            ("routes[1].match.path_prefix", json!({"match": {"path_prefix": "v1"}, "service": "s", "price_sat": 1})),
+            ("routes[1].match.methods[0]", json!({"match": {"methods": ["G ET"]}, "service": "s", "price_sat": 1})),
+            ("routes[1].free", json!({"match": {}, "free": true, "price_sat": 1})),
+            ("routes[1].service", json!({"match": {}, "service": "weather", "price_sat": 11})),
+        ];
+        for (field, route) in route_cases {
+            let mut v = base();
+            v["routes"][1] = route.clone();
+            if field == "routes[1].service" && route["service"] == "weather" {
+                v["routes"][0] = json!({"match": {}, "service": "weather", "price_sat": 10});
+            }
+            assert_eq!(error_field(&v), field, "{route}");
+        }
+        let mut lnbits_msat = base();
+        lnbits_msat["node"]["kind"] = json!("lnbits");
+        lnbits_msat["routes"][1] = json!({"match": {}, "service": "s", "price_msat": 1500});
+        assert_eq!(error_field(&lnbits_msat), "routes[1].price_msat");
+    }
+}

@@ -1,0 +1,64 @@
+//! LNbits: `POST /api/v1/payments` with `"out": false`, authenticated by the wallet's invoice key.
+
+use super::{json_body, parse_json, Invoice, InvoiceOrder, NodeError, NodeRequest};
+use crate::l402::encoding::hex_decode_array;
+use serde::Deserialize;
+use serde_json::json;
+
+pub fn create_invoice(invoice_key: &str, order: &InvoiceOrder<'_>) -> NodeRequest {
+    // `out` defaults to true (a payment) in LNbits: always send it. Amounts are whole satoshis,
+    // which the config guarantees for LNbits routes.
+    let body = json!({
+        "out": false,
+        "amount": order.amount_msat / 1000,
+        "memo": order.memo,
+        "expiry": order.expiry_s,
+    });
+    NodeRequest {
+        method: "POST",
+        path: "/api/v1/payments".to_owned(),
+        headers: vec![("x-api-key", invoice_key.to_owned()), ("content-type", "application/json".to_owned())],
+        body: json_body(&body),
+    }
+}
+
+#[derive(Deserialize)]
+struct CreateResponse {
+    payment_hash: String,
+    bolt11: Option<String>,
+    /// The name older LNbits versions used.
+    payment_request: Option<String>,
+}
+
+pub fn parse_created(body: &[u8]) -> Result<Invoice, NodeError> {
+    let answer: CreateResponse = parse_json(body)?;
+    let payment_hash =
+        hex_decode_array::<32>(&answer.payment_hash).ok_or(NodeError::BadResponse("payment_hash is not 32 bytes of hex"))?;
+    let bolt11 = answer.bolt11.or(answer.payment_request).ok_or(NodeError::BadResponse("no bolt11 in the answer"))?;
+    Ok(Invoice { payment_hash, bolt11 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_incoming_payment_request() {
+        let order = InvoiceOrder { amount_msat: 21_000, memo: "m", expiry_s: 600, label: "x" };
+        let req = create_invoice("inkey", &order);
+        assert_eq!(req.path, "/api/v1/payments");
+        assert!(req.headers.contains(&("x-api-key", "inkey".to_owned())));
+        let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+        assert_eq!(body, json!({"out": false, "amount": 21, "memo": "m", "expiry": 600}));
+    }
+
+    #[test]
+    fn reads_bolt11_or_the_older_payment_request() {
+        let hash = "03".repeat(32);
+        let new = format!(r#"{{"payment_hash":"{hash}","bolt11":"lnbc1new","checking_id":"c"}}"#);
+        let old = format!(r#"{{"payment_hash":"{hash}","payment_request":"lnbc1old"}}"#);
+        assert_eq!(parse_created(new.as_bytes()).unwrap().bolt11, "lnbc1new");
+        assert_eq!(parse_created(old.as_bytes()).unwrap().bolt11, "lnbc1old");
+        assert!(parse_created(format!(r#"{{"payment_hash":"{hash}"}}"#).as_bytes()).is_err());
+    }
+}

@@ -1,0 +1,60 @@
+//! LND REST: `POST /v1/invoices`, authenticated by `Grpc-Metadata-macaroon`, speaking proto3 JSON
+//! (64-bit integers as strings, `bytes` as base64).
+
+use super::{json_body, parse_json, Invoice, InvoiceOrder, NodeError, NodeRequest};
+use crate::l402::encoding::base64_decode;
+use serde::Deserialize;
+use serde_json::json;
+
+pub fn create_invoice(macaroon_hex: &str, order: &InvoiceOrder<'_>) -> NodeRequest {
+    let body = json!({
+        "value_msat": order.amount_msat.to_string(),
+        "memo": order.memo,
+        "expiry": order.expiry_s.to_string(),
+    });
+    NodeRequest {
+        method: "POST",
+        path: "/v1/invoices".to_owned(),
+        headers: vec![("grpc-metadata-macaroon", macaroon_hex.to_owned()), ("content-type", "application/json".to_owned())],
+        body: json_body(&body),
+    }
+}
+
+#[derive(Deserialize)]
+struct AddInvoiceResponse {
+    r_hash: String,
+    payment_request: String,
+}
+
+pub fn parse_created(body: &[u8]) -> Result<Invoice, NodeError> {
+    let answer: AddInvoiceResponse = parse_json(body)?;
+    let payment_hash = base64_decode(&answer.r_hash)
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .ok_or(NodeError::BadResponse("r_hash is not 32 bytes of base64"))?;
+    Ok(Invoice { payment_hash, bolt11: answer.payment_request })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_proto3_json_request() {
+        let order = InvoiceOrder { amount_msat: 10_000, memo: "weather \"access\"", expiry_s: 600, label: "x" };
+        let req = create_invoice("0201", &order);
+        assert_eq!((req.method, req.path.as_str()), ("POST", "/v1/invoices"));
+        assert!(req.headers.contains(&("grpc-metadata-macaroon", "0201".to_owned())));
+        let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+        assert_eq!(body, json!({"value_msat": "10000", "memo": "weather \"access\"", "expiry": "600"}));
+    }
+
+    #[test]
+    fn parses_base64_payment_hash() {
+        let body = br#"{"r_hash":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=","payment_request":"lnbcrt1x","add_index":"3","payment_addr":"AA=="}"#;
+        let invoice = parse_created(body).unwrap();
+        assert_eq!(invoice.payment_hash, [1; 32]);
+        assert_eq!(invoice.bolt11, "lnbcrt1x");
+        assert!(parse_created(br#"{"r_hash":"AQE=","payment_request":"lnbc1"}"#).is_err());
+        assert!(parse_created(br#"{"payment_request":"lnbc1"}"#).is_err());
+    }
+}

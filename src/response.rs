@@ -1,0 +1,95 @@
+//! The responses the filter answers with itself, and the one place where every refusal and failure
+//! gets its HTTP status.
+
+use crate::config::{Config, Service};
+use crate::l402::header::{challenge_from_base64, Scheme};
+use crate::l402::VerifyError;
+use crate::lightning::NodeError;
+use serde_json::json;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalResponse {
+    pub status: u32,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+fn json_response(status: u32, body: serde_json::Value, mut headers: Vec<(&'static str, String)>) -> LocalResponse {
+    headers.push(("content-type", "application/json".to_owned()));
+    headers.push(("cache-control", "no-store".to_owned()));
+    LocalResponse { status, headers, body: body.to_string() }
+}
+
+/// 402 with the challenge. Aperture's header order: LSAT (for old clients) first, then L402.
+pub fn payment_required(config: &Config, service: &Service, macaroon_b64: &str, invoice: &str, refusal: Option<&VerifyError>) -> LocalResponse {
+    let mut headers = Vec::with_capacity(5);
+    if config.lsat_header {
+        headers.push(("www-authenticate", challenge_from_base64(Scheme::Lsat, macaroon_b64, invoice)));
+    }
+    headers.push(("www-authenticate", challenge_from_base64(Scheme::L402, macaroon_b64, invoice)));
+    headers.push(("access-control-expose-headers", "WWW-Authenticate".to_owned()));
+    let (reason, detail) = match refusal {
+        Some(r) => (r.code(), r.to_string()),
+        None => ("payment_required", "pay the invoice and retry with the L402 credential".to_owned()),
+    };
+    let body = json!({
+        "error": "payment_required",
+        "reason": reason,
+        "detail": detail,
+        "service": service.name,
+        "price_msat": service.price_msat,
+        "price_sat": service.price_msat.div_ceil(1000),
+        "invoice": invoice,
+    });
+    json_response(402, body, headers)
+}
+
+/// 503: the gate cannot decide safely without the node, so nothing passes.
+pub fn node_failure(error: &NodeError) -> LocalResponse {
+    let body = json!({ "error": "node_unavailable", "reason": error.code(), "detail": error.to_string() });
+    json_response(503, body, vec![("retry-after", "5".to_owned())])
+}
+
+/// 503 for a failure inside the gateway itself (e.g. the host could not dispatch the callout).
+pub fn gateway_failure(detail: &str) -> LocalResponse {
+    let body = json!({ "error": "gateway_error", "reason": "gateway_error", "detail": detail });
+    json_response(503, body, Vec::new())
+}
+
+/// 403 for a request no route rule covers, under `unmatched: deny`.
+pub fn no_route() -> LocalResponse {
+    let body = json!({ "error": "forbidden", "reason": "no_route", "detail": "no route rule covers this request" });
+    json_response(403, body, Vec::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Access;
+    use crate::testing::config_with_routes;
+    use serde_json::Value;
+
+    #[test]
+    fn challenge_has_both_schemes_and_a_json_reason() {
+        let config = config_with_routes(json!([{ "match": {}, "service": "weather", "price_msat": 10_500 }]));
+        let Access::Paid(service) = &config.routes[0].access else { panic!() };
+        let r = payment_required(&config, service, "TUFD", "lnbc1", Some(&VerifyError::Expired));
+        assert_eq!(r.status, 402);
+        let auth: Vec<_> = r.headers.iter().filter(|(k, _)| *k == "www-authenticate").map(|(_, v)| v.as_str()).collect();
+        assert_eq!(auth.len(), 2);
+        assert!(auth[0].starts_with("LSAT macaroon=\"TUFD\", invoice=\"lnbc1\""));
+        assert!(auth[1].starts_with("L402 macaroon=\"TUFD\", invoice=\"lnbc1\""));
+        assert!(r.headers.contains(&("cache-control", "no-store".into())));
+        let body: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["reason"], "expired");
+        assert_eq!(body["price_sat"], 11);
+    }
+
+    #[test]
+    fn node_failures_are_503_with_reason() {
+        let r = node_failure(&NodeError::Status(500));
+        assert_eq!(r.status, 503);
+        let body: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["reason"], "node_error_status");
+    }
+}
