@@ -4,6 +4,7 @@
 //! are pure and tested natively. `filter` is the only module that talks to the proxy-wasm host.
 
 pub mod config;
+pub mod filter;
 pub mod l402;
 pub mod gate;
 pub mod lightning;

@@ -1,0 +1,56 @@
+//! Host calls through the SDK's `Result`-returning functions: the trait helpers unwrap, and a panic
+//! would take down the VM for every request on the worker. Every failure here becomes a value.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, LogLevel, MapType};
+use std::time::{Duration, UNIX_EPOCH};
+
+/// A request header as text; `Err` when it is present but not valid UTF-8.
+pub fn request_header(name: &str) -> Result<Option<String>, ()> {
+    match hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name) {
+        Ok(Some(bytes)) => String::from_utf8(bytes).map(Some).map_err(drop),
+        Ok(None) | Err(_) => Ok(None),
+    }
+}
+
+pub fn call_response_status() -> Option<u32> {
+    let bytes = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status").ok()??;
+    core::str::from_utf8(&bytes).ok()?.parse().ok()
+}
+
+pub fn call_response_body(size: usize) -> Vec<u8> {
+    match hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) | Err(_) => Vec::new(),
+    }
+}
+
+pub fn plugin_configuration() -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten()
+}
+
+/// Unix seconds from the host's clock (0 if the host cannot tell, which expires every token).
+pub fn now_unix() -> u64 {
+    hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs())
+}
+
+pub fn dispatch(upstream: &str, headers: Vec<(&str, &str)>, body: &[u8], timeout: Duration) -> Result<u32, ()> {
+    hostcalls::dispatch_http_call(upstream, headers, Some(body), Vec::new(), timeout).map_err(drop)
+}
+
+pub fn send_response(status: u32, headers: Vec<(&str, &str)>, body: &[u8]) {
+    // A failure leaves nothing to do but log: the request stays paused and the host times it out.
+    if hostcalls::send_http_response(status, headers, Some(body)).is_err() {
+        log(LogLevel::Error, "could not send the local response");
+    }
+}
+
+pub fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, message);
+}
+
+pub fn random_token_id() -> Option<[u8; 32]> {
+    let mut id = [0u8; 32];
+    getrandom::getrandom(&mut id).ok()?;
+    Some(id)
+}

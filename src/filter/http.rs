@@ -1,0 +1,136 @@
+//! One request: decide, and for a challenge, fetch an invoice from the node and answer 402.
+
+use super::host;
+use super::root::Shared;
+use crate::config::Service;
+use crate::gate::{decide, Decision, RequestView};
+use crate::l402::encoding::{base64_encode, hex_encode};
+use crate::l402::{mint, Grant, VerifyError};
+use crate::lightning::{invoice_request, parse_invoice, InvoiceOrder, MAX_RESPONSE_BYTES};
+use crate::response::{self, LocalResponse};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// A challenge waiting for the node's invoice.
+struct Pending {
+    service: Service,
+    token_id: [u8; 32],
+    refusal: Option<VerifyError>,
+}
+
+pub struct Http {
+    shared: Rc<Shared>,
+    pending: Option<Pending>,
+}
+
+impl Http {
+    pub fn new(shared: Rc<Shared>) -> Http {
+        Http { shared, pending: None }
+    }
+
+    fn respond(&self, response: &LocalResponse) {
+        let headers: Vec<(&str, &str)> = response.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        host::send_response(response.status, headers, response.body.as_bytes());
+    }
+
+    /// Asks the node for an invoice; the request stays paused until it answers.
+    fn start_challenge(&mut self, service: Service, refusal: Option<VerifyError>) -> Action {
+        let config = &self.shared.config;
+        let Some(token_id) = host::random_token_id() else {
+            self.respond(&response::gateway_failure("no randomness available for a token id"));
+            return Action::Pause;
+        };
+        let label = hex_encode(&token_id);
+        let memo = config.memo_for(&service.name);
+        let order = InvoiceOrder { amount_msat: service.price_msat, memo: &memo, expiry_s: config.invoice_expiry_s, label: &label };
+        let node = &config.node;
+        let request = invoice_request(node.kind, &node.credential.0, &order);
+        let content_length = request.body.len().to_string();
+        let mut headers: Vec<(&str, &str)> = vec![
+            (":method", request.method),
+            (":path", &request.path),
+            (":authority", &node.authority),
+            (":scheme", if node.tls { "https" } else { "http" }),
+            ("content-length", &content_length),
+        ];
+        headers.extend(request.headers.iter().map(|(k, v)| (*k, v.as_str())));
+        let timeout = Duration::from_millis(u64::from(node.timeout_ms));
+        match host::dispatch(&node.upstream, headers, &request.body, timeout) {
+            Ok(_) => {
+                self.pending = Some(Pending { service, token_id, refusal });
+            }
+            Err(()) => {
+                host::log(LogLevel::Warn, &format!("l402: could not dispatch the invoice call to {}", node.upstream));
+                self.respond(&response::gateway_failure("the invoice call to the Lightning node could not be dispatched"));
+            }
+        }
+        Action::Pause
+    }
+}
+
+impl Context for Http {
+    fn on_http_call_response(&mut self, _token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let Some(pending) = self.pending.take() else { return };
+        let config = &self.shared.config;
+        let status = host::call_response_status();
+        let body = if body_size > MAX_RESPONSE_BYTES { vec![0; MAX_RESPONSE_BYTES + 1] } else { host::call_response_body(body_size) };
+        let reply = match parse_invoice(config.node.kind, status, &body) {
+            Ok(invoice) => {
+                let valid_until = pending.service.lifetime_s.map(|life| host::now_unix().saturating_add(life));
+                let grant = Grant {
+                    payment_hash: invoice.payment_hash,
+                    token_id: pending.token_id,
+                    service: &pending.service.name,
+                    capabilities: &pending.service.capabilities,
+                    valid_until,
+                    constraints: &[],
+                };
+                let macaroon = base64_encode(&mint(&config.secrets, &grant).encode());
+                response::payment_required(config, &pending.service, &macaroon, &invoice.bolt11, pending.refusal.as_ref())
+            }
+            Err(error) => {
+                host::log(LogLevel::Warn, &format!("l402: invoice call failed: {error}"));
+                response::node_failure(&error)
+            }
+        };
+        self.respond(&reply);
+    }
+}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let shared = Rc::clone(&self.shared);
+        let method = host::request_header(":method").ok().flatten().unwrap_or_default();
+        let path = host::request_header(":path").ok().flatten().unwrap_or_default();
+        // A non-UTF-8 credential is a malformed credential, never a missing one.
+        let authorization = match host::request_header("authorization") {
+            Ok(value) => value,
+            Err(()) => Some(String::from("L402 \u{fffd}")),
+        };
+        let macaroon = match authorization {
+            Some(_) => None,
+            None => host::request_header("grpc-metadata-macaroon")
+                .ok()
+                .flatten()
+                .or_else(|| host::request_header("macaroon").ok().flatten()),
+        };
+        let view = RequestView {
+            method: &method,
+            path: &path,
+            authorization: authorization.as_deref(),
+            macaroon: macaroon.as_deref(),
+            now: host::now_unix(),
+        };
+        let decision = decide(&shared.config, &mut shared.cache.borrow_mut(), &view);
+        match decision {
+            Decision::Free | Decision::Paid { .. } => Action::Continue,
+            Decision::NoRoute => {
+                self.respond(&response::no_route());
+                Action::Pause
+            }
+            Decision::Challenge { service, refusal } => self.start_challenge(service.clone(), refusal),
+        }
+    }
+}
