@@ -4,7 +4,8 @@
 //! are pure and tested natively. `filter` is the only module that talks to the proxy-wasm host.
 
 pub mod config;
-pub mod filter;
+#[cfg(target_arch = "wasm32")]
+mod filter;
 pub mod l402;
 pub mod gate;
 pub mod lightning;
