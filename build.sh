@@ -130,6 +130,7 @@ cmd_test() {
 }
 
 cmd_demo() {
+    [[ -f ${1:-envoy/demo.yaml} ]] || die "${1:-envoy/demo.yaml} not found (usage: ./build.sh demo [ENVOY_TEMPLATE])"
     timed ensure_rust_target
     timed ensure_venv
     timed ensure_lnbits
