@@ -3,6 +3,21 @@
 //! `l402` is the protocol, `lightning` the node APIs, `config` and `gate` the policy; all of them
 //! are pure and tested natively. `filter` is the only module that talks to the proxy-wasm host.
 
+// A panic kills the VM for every request on its worker: nothing in the library may panic on
+// request data, node answers or configuration. Tests may unwrap.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::unreachable,
+        clippy::todo
+    )
+)]
+
 pub mod config;
 #[cfg(target_arch = "wasm32")]
 mod filter;

@@ -38,7 +38,7 @@ pub fn split(caveat: &str) -> Option<(&str, &str)> {
 
 /// The key of a per-service caveat, e.g. `weather` + `_valid_until`, matched without allocating.
 fn is_service_key(key: &str, service: &str, suffix: &str) -> bool {
-    key.len() == service.len() + suffix.len() && key.starts_with(service) && key.ends_with(suffix)
+    key.strip_prefix(service) == Some(suffix)
 }
 
 fn service_entries(value: &str) -> impl Iterator<Item = Result<(&str, &str), CaveatError>> {

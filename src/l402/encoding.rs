@@ -28,17 +28,20 @@ const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 pub fn hex_encode(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len().saturating_mul(2));
     for b in bytes {
-        out.push(char::from(HEX_DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(HEX_DIGITS[usize::from(b & 0x0f)]));
+        for nibble in [b >> 4, b & 0x0f] {
+            if let Some(digit) = HEX_DIGITS.get(usize::from(nibble)) {
+                out.push(char::from(*digit));
+            }
+        }
     }
     out
 }
 
 fn nibble(c: u8) -> Option<u8> {
     match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
+        b'0'..=b'9' => Some(c.wrapping_sub(b'0')),
+        b'a'..=b'f' => Some(c.wrapping_sub(b'a' - 10)),
+        b'A'..=b'F' => Some(c.wrapping_sub(b'A' - 10)),
         _ => None,
     }
 }

@@ -16,6 +16,7 @@ pub const MAX_CREDENTIAL_HEADER: usize = 2 * MAX_MACAROON_BYTES + 128;
 const MAX_MACAROONS: usize = 4;
 
 const PREIMAGE_HEX_LEN: usize = 64;
+const MAX_BASE64_MACAROON: usize = MAX_MACAROON_BYTES.div_ceil(3) * 4;
 
 /// Whether the `Authorization` value uses an L402 scheme at all (any other scheme is no credential).
 pub fn is_l402_authorization(value: &str) -> bool {
@@ -43,15 +44,15 @@ pub fn parse_authorization(value: &str) -> Result<Credential, VerifyError> {
     let mut parts = macaroons.split(',').map(str::trim);
     let first = parts.next().filter(|p| !p.is_empty()).ok_or(VerifyError::Malformed("no macaroon"))?;
     let macaroon = decode_base64_macaroon(first)?;
-    let mut extra = 0usize;
+    let mut discharges = 0usize;
     for part in parts {
-        extra += 1;
-        if extra >= MAX_MACAROONS {
+        discharges = discharges.saturating_add(1);
+        if discharges >= MAX_MACAROONS {
             return Err(VerifyError::Malformed("too many macaroons"));
         }
         decode_base64_macaroon(part)?;
     }
-    if extra > 0 {
+    if discharges > 0 {
         return Err(VerifyError::Malformed("discharge macaroons are not used by this gateway"));
     }
     Ok(Credential { macaroon, preimage })
@@ -59,7 +60,7 @@ pub fn parse_authorization(value: &str) -> Result<Credential, VerifyError> {
 
 fn decode_base64_macaroon(text: &str) -> Result<Macaroon, VerifyError> {
     // Four base64 characters carry three bytes: refuse before decoding anything oversized.
-    if text.len() / 4 * 3 > MAX_MACAROON_BYTES + 3 {
+    if text.len() > MAX_BASE64_MACAROON {
         return Err(VerifyError::Malformed("macaroon too large"));
     }
     let bytes = base64_decode(text).ok_or(VerifyError::Malformed("macaroon is not base64"))?;

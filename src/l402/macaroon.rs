@@ -93,8 +93,8 @@ impl Macaroon {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let caveat_bytes: usize = self.caveats.iter().map(|c| c.len() + 8).sum();
-        let mut out = Vec::with_capacity(self.identifier.len() + caveat_bytes + 64);
+        let caveat_bytes = self.caveats.iter().fold(0usize, |n, c| n.saturating_add(c.len()).saturating_add(8));
+        let mut out = Vec::with_capacity(self.identifier.len().saturating_add(caveat_bytes).saturating_add(64));
         out.push(VERSION_2);
         if let Some(location) = &self.location {
             put_field(&mut out, TAG_LOCATION, location);
