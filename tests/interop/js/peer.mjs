@@ -203,6 +203,26 @@ const commands = {
     const inv = decodeInvoice(parsed.invoice);
     return { parsed, invoice: inv && { paymentHash: inv.paymentHash, millisatoshi: inv.millisatoshi, satoshi: inv.satoshi } };
   },
+
+  // @getalby/lightning-tools' client end to end: fetchWithL402 against a local server, paying with a
+  // wallet stub that hands back the preimage the test obtained by paying the invoice.
+  async "alby.fetch"({ url, preimage }) {
+    const { fetchWithL402 } = await importExport("@getalby/lightning-tools", "./402/l402");
+    const invoices = [];
+    const wallet = {
+      async payInvoice({ invoice }) {
+        invoices.push(invoice);
+        return { preimage };
+      },
+    };
+    const resp = await fetchWithL402(url, {}, { wallet });
+    return {
+      status: resp.status,
+      body: await resp.text(),
+      invoices,
+      payment: resp.payment ? { ...resp.payment } : null,
+    };
+  },
 };
 
 async function main() {
