@@ -125,10 +125,14 @@ const commands = {
   },
 
   // Mint an Aperture-format macaroon: location, 66-byte identifier, root key from the secret.
-  "macaroon.mint"({ secret_hex, identifier_hex, location, caveats }) {
+  // With serialize: false only the signature chain is computed (no exportBinary, see below).
+  "macaroon.mint"({ secret_hex, identifier_hex, location, caveats, serialize = true }) {
     const identifier = fromHex(identifier_hex);
     const m = macaroon.newMacaroon({ identifier, location, rootKey: rootKey(secret_hex, identifier), version: 2 });
     for (const c of caveats) m.addFirstPartyCaveat(c);
+    if (!serialize) {
+      return { root_key_hex: hex(rootKey(secret_hex, identifier)), signature_hex: hex(m.signature) };
+    }
     try {
       return { root_key_hex: hex(rootKey(secret_hex, identifier)), ...exportForms(m) };
     } catch (e) {
