@@ -1,1 +1,63 @@
-fn main() {}
+//! Native cost of the paid path: parsing and verifying an L402 credential, and the gate's decision
+//! with the credential already in the verified cache.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use l402::config::Config;
+use l402::gate::{decide, Decision, RequestView, VerifiedCache};
+use l402::l402::encoding::{base64_encode, hex_encode};
+use l402::l402::header::parse_authorization;
+use l402::l402::{mint, verify, Grant, Requirement, SecretRing};
+use sha2::{Digest, Sha256};
+
+const SECRET: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+const PREIMAGE: [u8; 32] = [7; 32];
+
+/// A credential with `caveats` caveats: services, capabilities, expiry, then constraints.
+fn credential(ring: &SecretRing, caveats: usize) -> String {
+    let capabilities = vec!["read".to_string()];
+    let constraints: Vec<(String, String)> = (3..caveats).map(|i| (format!("constraint{i}"), "value".to_string())).collect();
+    let grant = Grant {
+        payment_hash: Sha256::digest(PREIMAGE).into(),
+        token_id: [1; 32],
+        service: "weather",
+        capabilities: if caveats >= 2 { &capabilities } else { &[] },
+        valid_until: (caveats >= 3).then_some(u64::MAX / 2),
+        constraints: &constraints,
+    };
+    let macaroon = mint(ring, &grant);
+    assert_eq!(macaroon.caveats().len(), caveats);
+    format!("L402 {}:{}", base64_encode(&macaroon.encode()), hex_encode(&PREIMAGE))
+}
+
+fn benches(c: &mut Criterion) {
+    let ring = SecretRing::new(vec![vec![0x5a; 32]]).unwrap_or_else(|e| panic!("{e}"));
+    let capabilities = vec!["read".to_string()];
+    for caveats in [1usize, 4, 8] {
+        let header = credential(&ring, caveats);
+        let need = Requirement { service: "weather", capabilities: if caveats >= 2 { &capabilities } else { &[] }, now: 1 };
+        c.bench_function(&format!("parse+verify {caveats} caveats"), |b| {
+            b.iter(|| {
+                let credential = parse_authorization(black_box(&header)).unwrap_or_else(|e| panic!("{e}"));
+                verify(&ring, credential, &need).unwrap_or_else(|e| panic!("{e}"))
+            })
+        });
+    }
+
+    let config_json = format!(
+        r#"{{"secrets":["{SECRET}"],"node":{{"kind":"lnd","upstream":"lnd","authority":"lnd:8080","credential":"00"}},
+            "routes":[{{"match":{{"path_prefix":"/v1/"}},"service":"weather","price_sat":10,"capabilities":["read"]}}]}}"#
+    );
+    let config = Config::parse(config_json.as_bytes(), &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    let header = credential(&config.secrets, 4);
+    let mut cache = VerifiedCache::new(1024);
+    let view = RequestView { method: "GET", path: "/v1/forecast", authorization: Some(&header), macaroon: None, now: 1 };
+    c.bench_function("gate decision, 4 caveats, cached", |b| {
+        b.iter(|| {
+            let decision = decide(&config, &mut cache, black_box(&view));
+            assert!(matches!(decision, Decision::Paid { .. }));
+        })
+    });
+}
+
+criterion_group!(verify_benches, benches);
+criterion_main!(verify_benches);

@@ -2,17 +2,21 @@
 //! without shared state: `root_key = HMAC-SHA256(key = secret, msg = the 66-byte identifier)`.
 //! This derivation is a public contract; other services may verify our tokens with it.
 
-use super::macaroon::hmac;
+use super::macaroon::HmacSha256;
 use core::fmt;
+use hmac::Mac;
 
 /// Shortest operator secret accepted, in bytes.
 pub const MIN_SECRET_BYTES: usize = 32;
 
 /// The operator's secrets: the first mints, every one verifies (rotation keeps old tokens valid
 /// until their secret is removed).
+///
+/// Each secret is kept as an HMAC already keyed with it, so deriving a root key costs only the
+/// identifier's blocks.
 #[derive(Clone)]
 pub struct SecretRing {
-    secrets: Vec<Vec<u8>>,
+    keyed: Vec<HmacSha256>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,30 +44,38 @@ impl SecretRing {
         if let Some((index, s)) = secrets.iter().enumerate().find(|(_, s)| s.len() < MIN_SECRET_BYTES) {
             return Err(SecretError::TooShort { index, len: s.len() });
         }
-        Ok(SecretRing { secrets })
+        let keyed = secrets.iter().filter_map(|s| HmacSha256::new_from_slice(s).ok()).collect();
+        Ok(SecretRing { keyed })
     }
 
     /// Root key for minting, from the first secret.
     pub fn minting_root_key(&self, identifier: &[u8]) -> [u8; 32] {
-        self.secrets.first().map(|s| hmac(s, identifier)).unwrap_or([0; 32])
+        self.keyed.first().map(|k| root_key(k, identifier)).unwrap_or([0; 32])
     }
 
     /// Root keys to try when verifying, newest secret first.
     pub fn verifying_root_keys<'a>(&'a self, identifier: &'a [u8]) -> impl Iterator<Item = [u8; 32]> + 'a {
-        self.secrets.iter().map(move |s| hmac(s, identifier))
+        self.keyed.iter().map(move |k| root_key(k, identifier))
     }
+}
+
+fn root_key(keyed: &HmacSha256, identifier: &[u8]) -> [u8; 32] {
+    let mut mac = keyed.clone();
+    mac.update(identifier);
+    mac.finalize().into_bytes().into()
 }
 
 /// Secrets never reach a log line, even through `{:?}`.
 impl fmt::Debug for SecretRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretRing({} secrets)", self.secrets.len())
+        write!(f, "SecretRing({} secrets)", self.keyed.len())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::l402::macaroon::hmac;
 
     #[test]
     fn refuses_short_or_missing_secrets() {

@@ -9,9 +9,10 @@
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use std::sync::OnceLock;
 use subtle::ConstantTimeEq;
 
-type HmacSha256 = Hmac<Sha256>;
+pub(crate) type HmacSha256 = Hmac<Sha256>;
 
 /// Largest serialized macaroon accepted. Aperture's tokens are under 300 bytes; this leaves room for
 /// clients that add their own caveats while keeping the work per request bounded.
@@ -159,7 +160,16 @@ impl Macaroon {
 }
 
 fn signing_key(root_key: &[u8]) -> [u8; 32] {
-    hmac(KEY_GENERATOR, root_key)
+    // The key generator is a constant: its keyed HMAC state is computed once per VM.
+    static KEYED: OnceLock<Option<HmacSha256>> = OnceLock::new();
+    match KEYED.get_or_init(|| HmacSha256::new_from_slice(KEY_GENERATOR).ok()) {
+        Some(keyed) => {
+            let mut mac = keyed.clone();
+            mac.update(root_key);
+            mac.finalize().into_bytes().into()
+        }
+        None => hmac(KEY_GENERATOR, root_key),
+    }
 }
 
 pub(crate) fn hmac(key: &[u8], message: &[u8]) -> [u8; 32] {

@@ -155,6 +155,11 @@ impl Token {
 /// secret of the ring. Hashes and signatures compare in constant time.
 pub fn authenticate(ring: &SecretRing, credential: Credential) -> Result<Token, VerifyError> {
     let mac = credential.macaroon;
+    // The location is outside the signature chain; accepting only Aperture's keeps every byte of
+    // a token meaningful.
+    if mac.location().is_some_and(|l| l != LOCATION.as_bytes()) {
+        return Err(VerifyError::Malformed("macaroon location is not lsat"));
+    }
     let identifier = Identifier::decode(mac.identifier())?;
     let hash: [u8; 32] = Sha256::digest(credential.preimage).into();
     if !bool::from(hash.ct_eq(&identifier.payment_hash)) {
