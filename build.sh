@@ -3,8 +3,8 @@
 #
 #   ./build.sh [build]   build l402.wasm (release, wasm32-wasip1) into ./l402.wasm
 #   ./build.sh test      install the test components, build, run cargo test and the pytest suites
-#   ./build.sh demo [ENVOY_TEMPLATE]
-#                        LNbits + upstream + Envoy with the filter (default template envoy/demo.yaml)
+#   ./build.sh demo [--serve]
+#                        LNbits + an API + Envoy with the filter; a client pays and gets in
 #   ./build.sh setup     only install the test components (no cargo build)
 #
 # Everything installs under the repository (gitignored): .venv (pytest, Envoy), .lnbits (LNbits),
@@ -98,9 +98,7 @@ run_tests() {
 }
 
 run_demo() {
-    local template=${1:-envoy/demo.yaml}
-    [[ -f $template ]] || die "$template not found (usage: ./build.sh demo [ENVOY_TEMPLATE])"
-    .venv/bin/python tests/e2e/harness.py demo "$template"
+    .venv/bin/python demo/demo.py "$@"
 }
 
 # --- commands ---------------------------------------------------------------------------------
@@ -130,7 +128,6 @@ cmd_test() {
 }
 
 cmd_demo() {
-    [[ -f ${1:-envoy/demo.yaml} ]] || die "${1:-envoy/demo.yaml} not found (usage: ./build.sh demo [ENVOY_TEMPLATE])"
     timed ensure_rust_target
     timed ensure_venv
     timed ensure_lnbits

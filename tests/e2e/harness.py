@@ -1,7 +1,6 @@
 """End-to-end harness: real Envoy, real LNbits (FakeWallet), a recording upstream.
 
-Used by the pytest fixtures in ``conftest.py`` and by the demo
-(``.venv/bin/python tests/e2e/harness.py demo``). Everything binds 127.0.0.1,
+Used by the pytest fixtures in ``conftest.py`` and by the demo (``demo/demo.py``). Everything binds 127.0.0.1,
 takes free ports, runs in its own process group and is killed on ``stop()``.
 
 The components are installed under the repository by ``./build.sh test``:
@@ -558,73 +557,3 @@ def plain_proxy(upstream_port: int, listen_port: int | None = None, http_filters
     """(template, vars) for :data:`PLAIN_PROXY`."""
     return PLAIN_PROXY, {"LISTEN_PORT": listen_port or free_port(), "UPSTREAM_PORT": upstream_port,
                          "HTTP_FILTERS": http_filters.strip("\n")}
-
-
-# ---------------------------------------------------------------------------
-# demo / manual use
-# ---------------------------------------------------------------------------
-
-def _demo(argv: list[str]) -> int:
-    """Start LNbits (gateway + funded payer wallet), the upstream and, if a config template is
-    given, Envoy; print everything as JSON and wait for Ctrl-C.
-
-    Usage: harness.py demo [ENVOY_TEMPLATE.yaml]
-    Template placeholders: LISTEN_PORT, UPSTREAM_PORT, LNBITS_PORT, LNBITS_URL, LNBITS_INKEY,
-    LNBITS_ADMINKEY, WASM, ROOT, ADMIN_PORT, WORKDIR.
-    """
-    template = Path(argv[0]).read_text() if argv else None
-    ln = LNbits().start()
-    up = Upstream().start()
-    env = None
-    try:
-        gw = ln.create_wallet("gateway")
-        payer = ln.create_wallet("payer")
-        ln.fund(payer.id, 1_000_000)
-        info: dict[str, Any] = {
-            "lnbits": ln.url, "lnbits_start_s": round(ln.start_seconds or 0, 2),
-            "gateway_wallet": gw.__dict__, "payer_wallet": payer.__dict__,
-            "upstream": up.url, "upstream_log": up.control_url + "/__log",
-        }
-        if template is not None:
-            listen = free_port()
-            env = Envoy(template, vars={
-                "LISTEN_PORT": listen, "UPSTREAM_PORT": up.port, "LNBITS_PORT": ln.port,
-                "LNBITS_URL": ln.url, "LNBITS_INKEY": gw.inkey, "LNBITS_ADMINKEY": gw.adminkey,
-            }, env={"LNBITS_INKEY": gw.inkey}).start()
-            info.update({"envoy": f"http://127.0.0.1:{listen}", "envoy_admin": env.admin,
-                         "envoy_log": str(env.log_path), "envoy_config": str(env.config_path)})
-        print(json.dumps(info, indent=2), flush=True)
-        print("Ctrl-C to stop.", file=sys.stderr, flush=True)
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        if env:
-            env.stop()
-        up.stop()
-        ln.stop()
-
-
-def _check() -> int:
-    """Report which components are installed (used by build.sh)."""
-    missing = []
-    for f in (require_envoy, require_lnbits):
-        try:
-            f()
-        except MissingComponent as e:
-            missing.append(str(e))
-    for m in missing:
-        print(m, file=sys.stderr)
-    return 1 if missing else 0
-
-
-if __name__ == "__main__":
-    cmd, *rest = sys.argv[1:] or ["check"]
-    if cmd == "demo":
-        sys.exit(_demo(rest))
-    if cmd == "check":
-        sys.exit(_check())
-    print(f"usage: {sys.argv[0]} check | demo [ENVOY_TEMPLATE.yaml]", file=sys.stderr)
-    sys.exit(2)

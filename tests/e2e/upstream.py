@@ -42,6 +42,7 @@ class _Server(ThreadingHTTPServer):
 def _service_handler(upstream: "Upstream") -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out in separate writes
         server_version = "l402-test-upstream"
 
         def log_message(self, *args: Any) -> None:  # keep pytest output clean
@@ -76,6 +77,7 @@ def _service_handler(upstream: "Upstream") -> type[BaseHTTPRequestHandler]:
 def _control_handler(upstream: "Upstream") -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out in separate writes
 
         def log_message(self, *args: Any) -> None:
             pass

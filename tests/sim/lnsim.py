@@ -425,6 +425,7 @@ class _Sent(Exception):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
     server_version = "lnsim/1"
     sys_version = ""
     timeout = 300  # idle keep-alive connections are closed after this
