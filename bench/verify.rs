@@ -34,7 +34,8 @@ fn benches(c: &mut Criterion) {
     let capabilities = vec!["read".to_string()];
     for caveats in [1usize, 4, 8] {
         let header = credential(&ring, caveats);
-        let need = Requirement { service: "weather", capabilities: if caveats >= 2 { &capabilities } else { &[] }, now: 1 };
+        let required: &[String] = if caveats >= 2 { &capabilities } else { &[] };
+        let need = Requirement { service: "weather", capabilities: required, now: 1, method: "GET", path: "/" };
         c.bench_function(&format!("parse+verify {caveats} caveats"), |b| {
             b.iter(|| {
                 let credential = parse_authorization(black_box(&header)).unwrap_or_else(|e| panic!("{e}"));
@@ -50,7 +51,7 @@ fn benches(c: &mut Criterion) {
     let config = Config::parse(config_json.as_bytes(), &|_| None).unwrap_or_else(|e| panic!("{e}"));
     let header = credential(&config.secrets, 4);
     let mut cache = VerifiedCache::new(1024);
-    let view = RequestView { method: "GET", path: "/v1/forecast", authorization: Some(&header), macaroon: None, now: 1 };
+    let view = RequestView { method: "GET", path: "/v1/forecast", authority: "api", authorization: Some(&header), macaroon: None, now: 1 };
     c.bench_function("gate decision, 4 caveats, cached", |b| {
         b.iter(|| {
             let decision = decide(&config, &mut cache, black_box(&view));

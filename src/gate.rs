@@ -12,6 +12,8 @@ use std::collections::HashMap;
 pub struct RequestView<'a> {
     pub method: &'a str,
     pub path: &'a str,
+    /// `:authority`; read only when a route matches on the host.
+    pub authority: &'a str,
     pub authorization: Option<&'a str>,
     /// `Grpc-Metadata-macaroon` or `Macaroon`, read only when there is no `Authorization`.
     pub macaroon: Option<&'a str>,
@@ -24,7 +26,7 @@ pub enum Decision<'c> {
     /// A free route, or no route and `unmatched: free`.
     Free,
     /// A valid credential for the route.
-    Paid { token_id: [u8; 32] },
+    Paid { token_id: [u8; 32], service: &'c Service },
     /// Payment is needed; `refusal` says what was wrong with the credential presented, if any.
     Challenge { service: &'c Service, refusal: Option<VerifyError> },
     /// No route matches and `unmatched: deny`.
@@ -65,7 +67,8 @@ impl VerifiedCache {
 }
 
 pub fn decide<'c>(config: &'c Config, cache: &mut VerifiedCache, request: &RequestView<'_>) -> Decision<'c> {
-    let Some(route) = policy::select(config, request.method, request.path) else {
+    let path = policy::path_only(request.path);
+    let Some(route) = policy::select(config, request.method, path, request.authority) else {
         return match config.unmatched {
             Unmatched::Free => Decision::Free,
             Unmatched::Deny => Decision::NoRoute,
@@ -75,7 +78,13 @@ pub fn decide<'c>(config: &'c Config, cache: &mut VerifiedCache, request: &Reque
         Access::Free => return Decision::Free,
         Access::Paid(service) => service,
     };
-    let need = Requirement { service: &service.name, capabilities: &service.capabilities, now: request.now };
+    let need = Requirement {
+        service: &service.name,
+        capabilities: &service.capabilities,
+        now: request.now,
+        method: request.method,
+        path,
+    };
     let verified = match (request.authorization, request.macaroon) {
         (Some(header), _) if is_l402_authorization(header) => cache.authenticate(config, header, parse_authorization),
         (Some(_), Some(header)) | (None, Some(header)) => cache.authenticate(config, header, parse_macaroon_header),
@@ -83,7 +92,7 @@ pub fn decide<'c>(config: &'c Config, cache: &mut VerifiedCache, request: &Reque
         (Some(_), None) | (None, None) => return Decision::Challenge { service, refusal: None },
     };
     match verified.and_then(|token| token.authorize(&need).map(|_| token.identifier.token_id)) {
-        Ok(token_id) => Decision::Paid { token_id },
+        Ok(token_id) => Decision::Paid { token_id, service },
         Err(refusal) => Decision::Challenge { service, refusal: Some(refusal) },
     }
 }
@@ -124,7 +133,14 @@ mod tests {
     }
 
     fn view<'a>(path: &'a str, authorization: Option<&'a str>, now: u64) -> RequestView<'a> {
-        RequestView { method: "GET", path, authorization, macaroon: None, now }
+        RequestView { method: "GET", path, authority: "api.example.com", authorization, macaroon: None, now }
+    }
+
+    fn paid_token(d: Decision<'_>) -> Option<[u8; 32]> {
+        match d {
+            Decision::Paid { token_id, .. } => Some(token_id),
+            _ => None,
+        }
     }
 
     fn refusal(d: Decision<'_>) -> Option<&'static str> {
@@ -150,7 +166,7 @@ mod tests {
         let config = config();
         let mut cache = VerifiedCache::new(8);
         let header = authorization(&token(&config, "weather", Some(100)));
-        assert_eq!(decide(&config, &mut cache, &view("/v1/x", Some(&header), 50)), Decision::Paid { token_id: [4; 32] });
+        assert_eq!(paid_token(decide(&config, &mut cache, &view("/v1/x", Some(&header), 50))), Some([4; 32]));
         assert_eq!(cache.len(), 1);
         // The cache remembers authentication, never the verdict: expiry and route still apply.
         assert_eq!(refusal(decide(&config, &mut cache, &view("/v1/x", Some(&header), 101))), Some("expired"));
@@ -176,7 +192,7 @@ mod tests {
         mac.add_caveat(&format!("preimage={}", hex_encode(&PREIMAGE)));
         let header = hex_encode(&mac.encode());
         let request = RequestView { macaroon: Some(&header), ..view("/v1/x", None, 0) };
-        assert_eq!(decide(&config, &mut cache, &request), Decision::Paid { token_id: [4; 32] });
+        assert_eq!(paid_token(decide(&config, &mut cache, &request)), Some([4; 32]));
     }
 
     #[test]
@@ -194,7 +210,7 @@ mod tests {
         for id in 0..5u8 {
             let grant = Grant { payment_hash: Sha256::digest(PREIMAGE).into(), token_id: [id; 32], service: "weather", capabilities: &[], valid_until: None, constraints: &[] };
             let header = authorization(&mint(&config.secrets, &grant));
-            assert_eq!(decide(&config, &mut cache, &view("/v1/x", Some(&header), 0)), Decision::Paid { token_id: [id; 32] });
+            assert_eq!(paid_token(decide(&config, &mut cache, &view("/v1/x", Some(&header), 0))), Some([id; 32]));
             assert!(cache.len() <= 2);
         }
     }

@@ -1,24 +1,15 @@
 //! Which route rule a request falls under: the first rule whose path and method match.
 
-use crate::config::{Config, PathMatch, Route};
+use crate::config::{Config, Route};
 
 /// The path without its query string or fragment.
 pub fn path_only(path: &str) -> &str {
     path.split(['?', '#']).next().unwrap_or(path)
 }
 
-pub fn select<'c>(config: &'c Config, method: &str, path: &str) -> Option<&'c Route> {
-    let path = path_only(path);
-    config.routes.iter().find(|route| route_matches(route, method, path))
-}
-
-fn route_matches(route: &Route, method: &str, path: &str) -> bool {
-    let path_ok = match &route.path {
-        PathMatch::Exact(p) => path == p,
-        PathMatch::Prefix(p) => path.starts_with(p.as_str()),
-        PathMatch::Any => true,
-    };
-    path_ok && (route.methods.is_empty() || route.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+/// `path` is without its query string ([`path_only`]).
+pub fn select<'c>(config: &'c Config, method: &str, path: &str, authority: &str) -> Option<&'c Route> {
+    config.routes.iter().find(|route| route.matches(method, path, authority))
 }
 
 #[cfg(test)]
@@ -35,7 +26,7 @@ mod tests {
             { "match": { "path_prefix": "/v1/", "methods": ["GET"] }, "service": "read", "price_sat": 1 },
             { "match": { "path_prefix": "/v1/" }, "service": "write", "price_sat": 5 }
         ]));
-        let service = |method, path| match select(&config, method, path).map(|r| &r.access) {
+        let service = |method, path| match select(&config, method, path_only(path), "api.example.com").map(|r| &r.access) {
             Some(Access::Paid(s)) => s.name.clone(),
             Some(Access::Free) => "free".into(),
             None => "none".into(),

@@ -7,17 +7,38 @@ use crate::l402::VerifyError;
 use crate::lightning::NodeError;
 use serde_json::json;
 
+/// gRPC status codes used when the request is gRPC: its clients read `grpc-status`, not `:status`.
+pub mod grpc {
+    pub const PERMISSION_DENIED: u32 = 7;
+    /// What Aperture answers for payment required.
+    pub const INTERNAL: u32 = 13;
+    pub const UNAVAILABLE: u32 = 14;
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalResponse {
     pub status: u32,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
+    /// The gRPC form of this response: status code and message.
+    pub grpc_status: u32,
+    pub grpc_message: &'static str,
 }
 
-fn json_response(status: u32, body: serde_json::Value, mut headers: Vec<(&'static str, String)>) -> LocalResponse {
+fn json_response(
+    status: u32,
+    body: serde_json::Value,
+    mut headers: Vec<(&'static str, String)>,
+    (grpc_status, grpc_message): (u32, &'static str),
+) -> LocalResponse {
     headers.push(("content-type", "application/json".to_owned()));
     headers.push(("cache-control", "no-store".to_owned()));
-    LocalResponse { status, headers, body: body.to_string() }
+    LocalResponse { status, headers, body: body.to_string(), grpc_status, grpc_message }
+}
+
+/// Whether a request's `content-type` makes it gRPC.
+pub fn is_grpc(content_type: &str) -> bool {
+    content_type.get(..16).is_some_and(|p| p.eq_ignore_ascii_case("application/grpc"))
 }
 
 /// 402 with the challenge. Aperture's header order: LSAT (for old clients) first, then L402.
@@ -41,25 +62,25 @@ pub fn payment_required(config: &Config, service: &Service, macaroon_b64: &str, 
         "price_sat": service.price_msat.div_ceil(1000),
         "invoice": invoice,
     });
-    json_response(402, body, headers)
+    json_response(402, body, headers, (grpc::INTERNAL, "payment required"))
 }
 
 /// 503: the gate cannot decide safely without the node, so nothing passes.
 pub fn node_failure(error: &NodeError) -> LocalResponse {
     let body = json!({ "error": "node_unavailable", "reason": error.code(), "detail": error.to_string() });
-    json_response(503, body, vec![("retry-after", "5".to_owned())])
+    json_response(503, body, vec![("retry-after", "5".to_owned())], (grpc::UNAVAILABLE, "lightning node unavailable"))
 }
 
 /// 503 for a failure inside the gateway itself (e.g. the host could not dispatch the callout).
 pub fn gateway_failure(detail: &str) -> LocalResponse {
     let body = json!({ "error": "gateway_error", "reason": "gateway_error", "detail": detail });
-    json_response(503, body, Vec::new())
+    json_response(503, body, Vec::new(), (grpc::UNAVAILABLE, "gateway error"))
 }
 
 /// 403 for a request no route rule covers, under `unmatched: deny`.
 pub fn no_route() -> LocalResponse {
     let body = json!({ "error": "forbidden", "reason": "no_route", "detail": "no route rule covers this request" });
-    json_response(403, body, Vec::new())
+    json_response(403, body, Vec::new(), (grpc::PERMISSION_DENIED, "no route"))
 }
 
 #[cfg(test)]
@@ -83,6 +104,15 @@ mod tests {
         let body: Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(body["reason"], "expired");
         assert_eq!(body["price_sat"], 11);
+    }
+
+    #[test]
+    fn grpc_requests_are_recognised() {
+        assert!(is_grpc("application/grpc"));
+        assert!(is_grpc("application/grpc+proto"));
+        assert!(is_grpc("Application/GRPC-web"));
+        assert!(!is_grpc("application/json"));
+        assert!(!is_grpc("application/grp"));
     }
 
     #[test]

@@ -74,7 +74,7 @@ fn vector_decodes_and_verifies() {
     let ring = SecretRing::new(vec![bytes(&v, "secret_hex")]).expect("secret");
     let capabilities = strings(&v, "capabilities");
     let until = v["valid_until"].as_u64().expect("valid_until");
-    let need = Requirement { service: "weather", capabilities: &capabilities, now: until };
+    let need = Requirement { service: "weather", capabilities: &capabilities, now: until, method: "GET", path: "/" };
 
     let credential = parse_authorization(text(&v, "authorization")).expect("authorization parses");
     assert_eq!(credential.macaroon, mac);

@@ -35,7 +35,7 @@ proptest! {
         let mac = minted(preimage, token_id, &caps, until);
         let header = format!("L402 {}:{}", base64_encode(&mac.encode()), hex_encode(&preimage));
         let credential = parse_authorization(&header).unwrap();
-        let need = Requirement { service: "weather", capabilities: &caps, now: until };
+        let need = Requirement { service: "weather", capabilities: &caps, now: until, method: "GET", path: "/" };
         let token = verify(&ring(), credential, &need).unwrap();
         prop_assert_eq!(token.identifier.token_id, token_id);
     }
@@ -46,7 +46,7 @@ proptest! {
         let mut bytes = mac.encode();
         let position = bit.index(bytes.len() * 8);
         bytes[position / 8] ^= 1 << (position % 8);
-        let need = Requirement { service: "weather", capabilities: &[], now: 0 };
+        let need = Requirement { service: "weather", capabilities: &[], now: 0, method: "GET", path: "/" };
         let outcome = Macaroon::decode(&bytes)
             .map_err(VerifyError::from)
             .and_then(|macaroon| verify(&ring(), Credential { macaroon, preimage }, &need));
@@ -57,7 +57,7 @@ proptest! {
     fn any_other_preimage_is_refused(preimage: [u8; 32], other: [u8; 32]) {
         prop_assume!(preimage != other);
         let mac = minted(preimage, [1; 32], &[], 1000);
-        let need = Requirement { service: "weather", capabilities: &[], now: 0 };
+        let need = Requirement { service: "weather", capabilities: &[], now: 0, method: "GET", path: "/" };
         let outcome = verify(&ring(), Credential { macaroon: mac, preimage: other }, &need);
         prop_assert_eq!(outcome.err(), Some(VerifyError::PreimageMismatch));
     }
@@ -65,7 +65,7 @@ proptest! {
     #[test]
     fn widened_caveats_are_refused(preimage: [u8; 32], extra_service in "[a-z]{1,8}", extra_cap in "[a-z]{1,8}", later in 1u64..1000) {
         let caps = vec!["read".to_string()];
-        let need = Requirement { service: "weather", capabilities: &caps, now: 0 };
+        let need = Requirement { service: "weather", capabilities: &caps, now: 0, method: "GET", path: "/" };
         let widenings = [
             format!("services=weather:0,{extra_service}x:0"),
             format!("weather_capabilities=read,{extra_cap}x"),
@@ -91,7 +91,7 @@ proptest! {
         for c in &caveats {
             forged.add_caveat(c);
         }
-        let need = Requirement { service: "weather", capabilities: &[], now: until + 1 };
+        let need = Requirement { service: "weather", capabilities: &[], now: until + 1, method: "GET", path: "/" };
         let outcome = verify(&ring(), Credential { macaroon: forged, preimage }, &need);
         prop_assert_eq!(outcome.err(), Some(VerifyError::BadSignature));
     }

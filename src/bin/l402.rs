@@ -18,7 +18,7 @@ const USAGE: &str = "usage:
       Without --payment-hash a random preimage is drawn and the full credential printed.
   l402 token inspect [TOKEN|-] [--json]
       TOKEN: a base64 or hex macaroon, or an `L402 <macaroon>:<preimage>` credential.
-  l402 token verify --service NAME [--capability CAP]... [--now UNIX] [SECRET] [--json]
+  l402 token verify --service NAME [--capability CAP]... [--now UNIX] [--method M] [--path P] [SECRET] [--json]
       Reads the credential (`L402 <macaroon>:<preimage>`, or a hex macaroon with a preimage
       caveat) from standard input. Exit status 0 when valid, 1 when refused.
   l402 config check FILE [--json]
@@ -205,11 +205,17 @@ fn token_inspect(args: &Args) -> Result<ExitCode, String> {
 }
 
 fn token_verify(args: &Args) -> Result<ExitCode, String> {
-    args.only(&["service", "capability", "now", "secret-file", "secret-env"])?;
+    args.only(&["service", "capability", "now", "method", "path", "secret-file", "secret-env"])?;
     let ring = args.secrets()?;
     let service = args.one("service").ok_or("--service is required")?;
     let capabilities = args.all("capability");
-    let need = Requirement { service, capabilities: &capabilities, now: args.number("now")?.unwrap_or_else(now) };
+    let need = Requirement {
+        service,
+        capabilities: &capabilities,
+        now: args.number("now")?.unwrap_or_else(now),
+        method: args.one("method").unwrap_or("GET"),
+        path: args.one("path").unwrap_or("/"),
+    };
     let text = read_input(args)?;
     let outcome = parse_credential(&text).and_then(|c| verify(&ring, c, &need));
     let (code, out) = match &outcome {

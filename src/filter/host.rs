@@ -2,7 +2,7 @@
 //! would take down the VM for every request on the worker. Every failure here becomes a value.
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, LogLevel, MapType};
+use proxy_wasm::types::{BufferType, GrpcStatusCode, LogLevel, MapType};
 use std::time::{Duration, UNIX_EPOCH};
 
 /// A request header as text; `Err` when it is present but not valid UTF-8.
@@ -43,6 +43,27 @@ pub fn send_response(status: u32, headers: Vec<(&str, &str)>, body: &[u8]) {
     if hostcalls::send_http_response(status, headers, Some(body)).is_err() {
         log(LogLevel::Error, "could not send the local response");
     }
+}
+
+/// A trailers-only gRPC answer: HTTP 200 with `grpc-status` and `grpc-message`.
+pub fn send_grpc_response(grpc_status: u32, message: &str, headers: Vec<(&str, &[u8])>) {
+    let code = match grpc_status {
+        7 => GrpcStatusCode::PermissionDenied,
+        13 => GrpcStatusCode::Internal,
+        _ => GrpcStatusCode::Unavailable,
+    };
+    if hostcalls::send_grpc_response(code, Some(message), headers).is_err() {
+        log(LogLevel::Error, "could not send the local gRPC response");
+    }
+}
+
+pub fn remove_request_header(name: &str) {
+    let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+}
+
+/// Sets a request header, replacing any value the client sent.
+pub fn set_request_header(name: &str, value: &str) {
+    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
 }
 
 pub fn log(level: LogLevel, message: &str) {

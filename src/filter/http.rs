@@ -1,13 +1,15 @@
-//! One request: decide, and for a challenge, fetch an invoice from the node and answer 402.
+//! One request: decide, hand paid requests to the upstream, and for a challenge fetch an invoice
+//! from the node and answer 402.
 
 use super::host;
 use super::root::Shared;
-use crate::config::Service;
+use crate::config::{Config, Service};
 use crate::gate::{decide, Decision, RequestView};
+use crate::l402::caveats::{METHODS_SUFFIX, PATH_PREFIX_SUFFIX};
 use crate::l402::encoding::{base64_encode, hex_encode};
 use crate::l402::{mint, Grant, VerifyError};
 use crate::lightning::{invoice_request, parse_invoice, InvoiceOrder, MAX_RESPONSE_BYTES};
-use crate::response::{self, LocalResponse};
+use crate::response::{self, is_grpc, LocalResponse};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 use std::rc::Rc;
@@ -25,14 +27,46 @@ pub struct Http {
     pending: Option<Pending>,
 }
 
+fn header(name: &str) -> Option<String> {
+    host::request_header(name).ok().flatten()
+}
+
 impl Http {
     pub fn new(shared: Rc<Shared>) -> Http {
         Http { shared, pending: None }
     }
 
     fn respond(&self, response: &LocalResponse) {
-        let headers: Vec<(&str, &str)> = response.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        host::send_response(response.status, headers, response.body.as_bytes());
+        if header("content-type").is_some_and(|t| is_grpc(&t)) {
+            let headers = response.headers.iter().filter(|(k, _)| *k != "content-type").map(|(k, v)| (*k, v.as_bytes())).collect();
+            host::send_grpc_response(response.grpc_status, response.grpc_message, headers);
+        } else {
+            let headers = response.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            host::send_response(response.status, headers, response.body.as_bytes());
+        }
+    }
+
+    /// The upstream gets the request without the credential (unless configured otherwise) and with
+    /// the metering headers, which replace any copy the client sent.
+    fn hand_off(config: &Config, service: &Service, token_id: &[u8; 32], from_authorization: bool) {
+        let headers = &config.upstream_headers;
+        if headers.strip_credential {
+            if from_authorization {
+                host::remove_request_header("authorization");
+            } else {
+                host::remove_request_header("grpc-metadata-macaroon");
+                host::remove_request_header("macaroon");
+            }
+        }
+        if let Some(name) = &headers.token_id {
+            host::set_request_header(name, &hex_encode(token_id));
+        }
+        if let Some(name) = &headers.service {
+            host::set_request_header(name, &service.name);
+        }
+        if let Some(name) = &headers.price_msat {
+            host::set_request_header(name, &service.price_msat.to_string());
+        }
     }
 
     /// Asks the node for an invoice; the request stays paused until it answers.
@@ -68,6 +102,27 @@ impl Http {
         }
         Action::Pause
     }
+
+    fn challenge_response(config: &Config, pending: &Pending, payment_hash: [u8; 32], invoice: &str) -> LocalResponse {
+        let service = &pending.service;
+        let mut constraints = Vec::new();
+        if let Some(prefix) = &service.restrict_path_prefix {
+            constraints.push((format!("{}{PATH_PREFIX_SUFFIX}", service.name), prefix.clone()));
+        }
+        if !service.restrict_methods.is_empty() {
+            constraints.push((format!("{}{METHODS_SUFFIX}", service.name), service.restrict_methods.join(",")));
+        }
+        let grant = Grant {
+            payment_hash,
+            token_id: pending.token_id,
+            service: &service.name,
+            capabilities: &service.capabilities,
+            valid_until: service.lifetime_s.map(|life| host::now_unix().saturating_add(life)),
+            constraints: &constraints,
+        };
+        let macaroon = base64_encode(&mint(&config.secrets, &grant).encode());
+        response::payment_required(config, service, &macaroon, invoice, pending.refusal.as_ref())
+    }
 }
 
 impl Context for Http {
@@ -77,19 +132,7 @@ impl Context for Http {
         let status = host::call_response_status();
         let body = if body_size > MAX_RESPONSE_BYTES { vec![0; MAX_RESPONSE_BYTES + 1] } else { host::call_response_body(body_size) };
         let reply = match parse_invoice(config.node.kind, status, &body) {
-            Ok(invoice) => {
-                let valid_until = pending.service.lifetime_s.map(|life| host::now_unix().saturating_add(life));
-                let grant = Grant {
-                    payment_hash: invoice.payment_hash,
-                    token_id: pending.token_id,
-                    service: &pending.service.name,
-                    capabilities: &pending.service.capabilities,
-                    valid_until,
-                    constraints: &[],
-                };
-                let macaroon = base64_encode(&mint(&config.secrets, &grant).encode());
-                response::payment_required(config, &pending.service, &macaroon, &invoice.bolt11, pending.refusal.as_ref())
-            }
+            Ok(invoice) => Self::challenge_response(config, &pending, invoice.payment_hash, &invoice.bolt11),
             Err(error) => {
                 host::log(LogLevel::Warn, &format!("l402: invoice call failed: {error}"));
                 response::node_failure(&error)
@@ -102,8 +145,10 @@ impl Context for Http {
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let shared = Rc::clone(&self.shared);
-        let method = host::request_header(":method").ok().flatten().unwrap_or_default();
-        let path = host::request_header(":path").ok().flatten().unwrap_or_default();
+        let config = &shared.config;
+        let method = header(":method").unwrap_or_default();
+        let path = header(":path").unwrap_or_default();
+        let authority = if config.matches_host { header(":authority").unwrap_or_default() } else { String::new() };
         // A non-UTF-8 credential is a malformed credential, never a missing one.
         let authorization = match host::request_header("authorization") {
             Ok(value) => value,
@@ -111,21 +156,26 @@ impl HttpContext for Http {
         };
         let macaroon = match authorization {
             Some(_) => None,
-            None => host::request_header("grpc-metadata-macaroon")
-                .ok()
-                .flatten()
-                .or_else(|| host::request_header("macaroon").ok().flatten()),
+            None => header("grpc-metadata-macaroon").or_else(|| header("macaroon")),
         };
         let view = RequestView {
             method: &method,
             path: &path,
+            authority: &authority,
             authorization: authorization.as_deref(),
             macaroon: macaroon.as_deref(),
             now: host::now_unix(),
         };
-        let decision = decide(&shared.config, &mut shared.cache.borrow_mut(), &view);
+        let decision = decide(config, &mut shared.cache.borrow_mut(), &view);
         match decision {
-            Decision::Free | Decision::Paid { .. } => Action::Continue,
+            Decision::Free => {
+                config.upstream_headers.names().for_each(host::remove_request_header);
+                Action::Continue
+            }
+            Decision::Paid { token_id, service } => {
+                Self::hand_off(config, service, &token_id, authorization.is_some());
+                Action::Continue
+            }
             Decision::NoRoute => {
                 self.respond(&response::no_route());
                 Action::Pause

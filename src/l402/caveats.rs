@@ -1,5 +1,6 @@
 //! Aperture's first-party caveats and their rules: `services=<name>:<tier>,…`,
-//! `<service>_capabilities=<a>,<b>…` and `<service>_valid_until=<unix seconds>`.
+//! `<service>_capabilities=<a>,<b>…` and `<service>_valid_until=<unix seconds>`, and our own
+//! `<service>_path_prefix=<prefix>` and `<service>_methods=<GET>,…` restrictions.
 //!
 //! Caveats with the same key form a group in which each must narrow the one before it (a subset of
 //! services with equal tiers, a subset of capabilities, an equal or earlier expiry); the last of a
@@ -9,6 +10,8 @@
 pub const SERVICES: &str = "services";
 pub const CAPABILITIES_SUFFIX: &str = "_capabilities";
 pub const VALID_UNTIL_SUFFIX: &str = "_valid_until";
+pub const PATH_PREFIX_SUFFIX: &str = "_path_prefix";
+pub const METHODS_SUFFIX: &str = "_methods";
 pub const PREIMAGE: &str = "preimage";
 
 /// What a request needs from a token.
@@ -19,6 +22,9 @@ pub struct Requirement<'a> {
     pub capabilities: &'a [String],
     /// Unix seconds.
     pub now: u64,
+    pub method: &'a str,
+    /// Without the query string.
+    pub path: &'a str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +35,7 @@ pub enum CaveatError {
     CapabilityMissing,
     Expired,
     Widened(&'static str),
+    Restricted,
 }
 
 /// Splits `key=value` on the first `=`.
@@ -85,6 +92,8 @@ pub fn check(caveats: &[String], need: &Requirement<'_>) -> Result<Option<u64>, 
     let mut services: Option<&str> = None;
     let mut capabilities: Option<&str> = None;
     let mut valid_until: Option<u64> = None;
+    let mut path_prefix: Option<&str> = None;
+    let mut methods: Option<&str> = None;
 
     for caveat in caveats {
         let (key, value) = split(caveat).ok_or(CaveatError::Malformed)?;
@@ -108,6 +117,16 @@ pub fn check(caveats: &[String], need: &Requirement<'_>) -> Result<Option<u64>, 
                 return Err(CaveatError::Widened("valid_until"));
             }
             valid_until = Some(until);
+        } else if is_service_key(key, need.service, PATH_PREFIX_SUFFIX) {
+            if path_prefix.is_some_and(|previous| !value.starts_with(previous)) {
+                return Err(CaveatError::Widened("path_prefix"));
+            }
+            path_prefix = Some(value);
+        } else if is_service_key(key, need.service, METHODS_SUFFIX) {
+            if methods.is_some_and(|previous| !is_subset(value, previous)) {
+                return Err(CaveatError::Widened("methods"));
+            }
+            methods = Some(value);
         }
     }
 
@@ -128,6 +147,11 @@ pub fn check(caveats: &[String], need: &Requirement<'_>) -> Result<Option<u64>, 
     if valid_until.is_some_and(|until| need.now > until) {
         return Err(CaveatError::Expired);
     }
+    if path_prefix.is_some_and(|prefix| !need.path.starts_with(prefix))
+        || methods.is_some_and(|list| !list.split(',').any(|m| m.trim().eq_ignore_ascii_case(need.method)))
+    {
+        return Err(CaveatError::Restricted);
+    }
     Ok(valid_until)
 }
 
@@ -140,7 +164,7 @@ mod tests {
     }
 
     fn need<'a>(service: &'a str, capabilities: &'a [String], now: u64) -> Requirement<'a> {
-        Requirement { service, capabilities, now }
+        Requirement { service, capabilities, now, method: "GET", path: "/v1/forecast" }
     }
 
     #[test]
@@ -188,6 +212,22 @@ mod tests {
             let c = caveats(&["services=weather:0", bad]);
             assert_eq!(check(&c, &n), Err(CaveatError::Malformed), "{bad}");
         }
+    }
+
+    #[test]
+    fn path_and_method_restrictions_are_enforced_and_only_narrowed() {
+        let c = caveats(&["services=weather:0", "weather_path_prefix=/v1/", "weather_methods=GET,HEAD"]);
+        assert_eq!(check(&c, &need("weather", &[], 0)), Ok(None));
+        let post = Requirement { method: "POST", ..need("weather", &[], 0) };
+        assert_eq!(check(&c, &post), Err(CaveatError::Restricted));
+        let other = Requirement { path: "/v2/x", ..need("weather", &[], 0) };
+        assert_eq!(check(&c, &other), Err(CaveatError::Restricted));
+        let narrowed = caveats(&["services=weather:0", "weather_path_prefix=/v1/", "weather_path_prefix=/v1/fore"]);
+        assert_eq!(check(&narrowed, &need("weather", &[], 0)), Ok(None));
+        let widened = caveats(&["services=weather:0", "weather_path_prefix=/v1/", "weather_path_prefix=/"]);
+        assert_eq!(check(&widened, &need("weather", &[], 0)), Err(CaveatError::Widened("path_prefix")));
+        let methods = caveats(&["services=weather:0", "weather_methods=GET", "weather_methods=GET,POST"]);
+        assert_eq!(check(&methods, &need("weather", &[], 0)), Err(CaveatError::Widened("methods")));
     }
 
     #[test]

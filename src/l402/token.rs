@@ -23,6 +23,7 @@ pub enum VerifyError {
     WrongService,
     CapabilityMissing,
     CaveatWidened(&'static str),
+    Restricted,
 }
 
 impl VerifyError {
@@ -36,6 +37,7 @@ impl VerifyError {
             VerifyError::WrongService => "wrong_service",
             VerifyError::CapabilityMissing => "capability_missing",
             VerifyError::CaveatWidened(_) => "caveat_widened",
+            VerifyError::Restricted => "restricted",
         }
     }
 }
@@ -51,6 +53,7 @@ impl fmt::Display for VerifyError {
             VerifyError::WrongService => write!(f, "token was not issued for this service"),
             VerifyError::CapabilityMissing => write!(f, "token lacks a capability this route requires"),
             VerifyError::CaveatWidened(key) => write!(f, "a later {key} caveat widens an earlier one"),
+            VerifyError::Restricted => write!(f, "token is restricted to other paths or methods"),
         }
     }
 }
@@ -91,6 +94,7 @@ impl From<CaveatError> for VerifyError {
             CaveatError::CapabilityMissing => VerifyError::CapabilityMissing,
             CaveatError::Expired => VerifyError::Expired,
             CaveatError::Widened(key) => VerifyError::CaveatWidened(key),
+            CaveatError::Restricted => VerifyError::Restricted,
         }
     }
 }
@@ -216,7 +220,7 @@ mod tests {
         let preimage = [7u8; 32];
         let read = vec!["read".to_string()];
         let mac = paid(preimage, &read);
-        let ok = Requirement { service: "weather", capabilities: &read, now: 500 };
+        let ok = Requirement { service: "weather", capabilities: &read, now: 500, method: "GET", path: "/" };
         let token = verify(&ring(), Credential { macaroon: mac.clone(), preimage }, &ok).unwrap();
         assert_eq!(token.identifier.token_id, [3; 32]);
 
@@ -238,7 +242,7 @@ mod tests {
         let preimage = [7u8; 32];
         let mac = paid(preimage, &[]);
         let rotated = SecretRing::new(vec![vec![0x22; 32], vec![0x11; 32]]).unwrap();
-        let need = Requirement { service: "weather", capabilities: &[], now: 0 };
+        let need = Requirement { service: "weather", capabilities: &[], now: 0, method: "GET", path: "/" };
         assert!(verify(&rotated, Credential { macaroon: mac, preimage }, &need).is_ok());
     }
 
@@ -247,7 +251,7 @@ mod tests {
         let preimage = [7u8; 32];
         let mut mac = paid(preimage, &[]);
         mac.add_caveat("weather_valid_until=600");
-        let need = Requirement { service: "weather", capabilities: &[], now: 700 };
+        let need = Requirement { service: "weather", capabilities: &[], now: 700, method: "GET", path: "/" };
         assert_eq!(verify(&ring(), Credential { macaroon: mac.clone(), preimage }, &need), Err(VerifyError::Expired));
         mac.add_caveat("weather_valid_until=2000");
         let need = Requirement { now: 0, ..need };
@@ -259,7 +263,7 @@ mod tests {
         let mut identifier = Identifier { payment_hash: [0; 32], token_id: [0; 32] }.encode();
         identifier[1] = 1;
         let mac = Macaroon::new(&ring().minting_root_key(&identifier), identifier.to_vec(), None);
-        let need = Requirement { service: "weather", capabilities: &[], now: 0 };
+        let need = Requirement { service: "weather", capabilities: &[], now: 0, method: "GET", path: "/" };
         assert_eq!(verify(&ring(), Credential { macaroon: mac, preimage: [0; 32] }, &need), Err(VerifyError::UnknownVersion(1)));
     }
 }

@@ -2,6 +2,11 @@
 //! and `l402 config check`. Parsing is strict (unknown fields are refused) and every error names the
 //! field it is about, so a bad config stops the plugin at load with a message an operator can act on.
 
+mod routes;
+
+pub use routes::{Access, Glob, HostMatch, PathMatch, Route, Service};
+use routes::RawRoute;
+
 use crate::l402::encoding::hex_decode;
 use crate::l402::SecretRing;
 use serde::Deserialize;
@@ -21,7 +26,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError { field: field.into(), message: message.into() }
     }
 }
@@ -53,6 +58,8 @@ struct RawConfig {
     unmatched: Unmatched,
     #[serde(default)]
     challenge: RawChallenge,
+    #[serde(default)]
+    upstream_headers: RawUpstreamHeaders,
 }
 
 #[derive(Deserialize)]
@@ -85,6 +92,42 @@ impl Default for RawInvoice {
     }
 }
 
+/// What the upstream receives with a paid request. A name set to `null` turns that header off.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawUpstreamHeaders {
+    strip_credential: bool,
+    token_id: Option<String>,
+    service: Option<String>,
+    price_msat: Option<String>,
+}
+
+impl Default for RawUpstreamHeaders {
+    fn default() -> RawUpstreamHeaders {
+        RawUpstreamHeaders {
+            strip_credential: true,
+            token_id: Some("x-l402-token-id".to_owned()),
+            service: Some("x-l402-service".to_owned()),
+            price_msat: Some("x-l402-price-msat".to_owned()),
+        }
+    }
+}
+
+/// Headers set on paid requests for the upstream to meter on; client-sent copies are always removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamHeaders {
+    pub strip_credential: bool,
+    pub token_id: Option<String>,
+    pub service: Option<String>,
+    pub price_msat: Option<String>,
+}
+
+impl UpstreamHeaders {
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        [&self.token_id, &self.service, &self.price_msat].into_iter().flatten().map(String::as_str)
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawChallenge {
@@ -95,29 +138,6 @@ impl Default for RawChallenge {
     fn default() -> RawChallenge {
         RawChallenge { lsat_header: true }
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    #[serde(rename = "match")]
-    matcher: RawMatch,
-    #[serde(default)]
-    free: bool,
-    service: Option<String>,
-    price_sat: Option<u64>,
-    price_msat: Option<u64>,
-    lifetime_s: Option<u64>,
-    #[serde(default)]
-    capabilities: Vec<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawMatch {
-    path: Option<String>,
-    path_prefix: Option<String>,
-    methods: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -157,35 +177,6 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathMatch {
-    Exact(String),
-    Prefix(String),
-    Any,
-}
-
-#[derive(Debug, Clone)]
-pub struct Route {
-    pub path: PathMatch,
-    /// Upper-case method names; empty means any method.
-    pub methods: Vec<String>,
-    pub access: Access,
-}
-
-#[derive(Debug, Clone)]
-pub enum Access {
-    Free,
-    Paid(Service),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Service {
-    pub name: String,
-    pub price_msat: u64,
-    pub lifetime_s: Option<u64>,
-    pub capabilities: Vec<String>,
-}
-
 #[derive(Debug, Clone)]
 pub struct Config {
     pub secrets: SecretRing,
@@ -195,6 +186,9 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub unmatched: Unmatched,
     pub lsat_header: bool,
+    pub upstream_headers: UpstreamHeaders,
+    /// Whether any route matches on the host, so `:authority` must be read.
+    pub matches_host: bool,
 }
 
 impl Config {
@@ -239,9 +233,34 @@ fn secret_ring(hex_secrets: Vec<String>) -> Result<SecretRing, ConfigError> {
     SecretRing::new(secrets).map_err(|e| ConfigError::new("secrets", e.to_string()))
 }
 
-fn is_token_text(s: &str) -> bool {
+pub(crate) fn is_token_text(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
 }
+
+impl RawUpstreamHeaders {
+    fn validate(self) -> Result<UpstreamHeaders, ConfigError> {
+        let check = |name: Option<String>, field: &str| -> Result<Option<String>, ConfigError> {
+            match name {
+                Some(n) if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => Err(
+                    ConfigError::new(format!("upstream_headers.{field}"), "must be a header name (A-Z a-z 0-9 -) or null"),
+                ),
+                Some(n) if RESERVED_HEADERS.contains(&n.to_ascii_lowercase().as_str()) => {
+                    Err(ConfigError::new(format!("upstream_headers.{field}"), "must not be a credential header"))
+                }
+                other => Ok(other.map(|n| n.to_ascii_lowercase())),
+            }
+        };
+        Ok(UpstreamHeaders {
+            strip_credential: self.strip_credential,
+            token_id: check(self.token_id, "token_id")?,
+            service: check(self.service, "service")?,
+            price_msat: check(self.price_msat, "price_msat")?,
+        })
+    }
+}
+
+/// The headers that carry credentials: never usable as metering headers.
+const RESERVED_HEADERS: [&str; 3] = ["authorization", "grpc-metadata-macaroon", "macaroon"];
 
 impl RawConfig {
     fn validate(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
@@ -294,6 +313,8 @@ impl RawConfig {
             routes.push(route);
         }
 
+        let matches_host = routes.iter().any(|r| r.host.is_some());
+        let upstream_headers = self.upstream_headers.validate()?;
         Ok(Config {
             secrets,
             node: Node {
@@ -309,66 +330,10 @@ impl RawConfig {
             routes,
             unmatched: self.unmatched,
             lsat_header: self.challenge.lsat_header,
+            upstream_headers,
+            matches_host,
         })
     }
-}
-
-impl RawRoute {
-    fn validate(self, index: usize, node: NodeKind) -> Result<Route, ConfigError> {
-        let field = |name: &str| format!("routes[{index}].{name}");
-        let path = match (self.matcher.path, self.matcher.path_prefix) {
-            (Some(_), Some(_)) => return Err(ConfigError::new(field("match"), "give path or path_prefix, not both")),
-            (Some(p), None) => PathMatch::Exact(checked_path(p, field("match.path"))?),
-            (None, Some(p)) => PathMatch::Prefix(checked_path(p, field("match.path_prefix"))?),
-            (None, None) => PathMatch::Any,
-        };
-        let mut methods = Vec::new();
-        for (i, m) in self.matcher.methods.unwrap_or_default().into_iter().enumerate() {
-            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
-                return Err(ConfigError::new(field(&format!("match.methods[{i}]")), "must be an HTTP method name"));
-            }
-            methods.push(m.to_ascii_uppercase());
-        }
-
-        let access = if self.free {
-            if self.service.is_some() || self.price_sat.is_some() || self.price_msat.is_some() {
-                return Err(ConfigError::new(field("free"), "a free route has no service or price"));
-            }
-            Access::Free
-        } else {
-            let name = self.service.ok_or_else(|| ConfigError::new(field("service"), "required unless the route is free"))?;
-            if !is_token_text(&name) || name.len() > 64 {
-                return Err(ConfigError::new(field("service"), "must be 1-64 characters of A-Z a-z 0-9 . -"));
-            }
-            let price_msat = match (self.price_sat, self.price_msat) {
-                (Some(sat), None) => sat.checked_mul(1000),
-                (None, Some(msat)) => Some(msat),
-                _ => return Err(ConfigError::new(field("price_sat"), "give exactly one of price_sat and price_msat")),
-            }
-            .filter(|p| *p > 0)
-            .ok_or_else(|| ConfigError::new(field("price_sat"), "price must be a positive amount"))?;
-            if node == NodeKind::Lnbits && price_msat % 1000 != 0 {
-                return Err(ConfigError::new(field("price_msat"), "LNbits invoices are in whole satoshis"));
-            }
-            if self.lifetime_s == Some(0) {
-                return Err(ConfigError::new(field("lifetime_s"), "must be at least 1 (omit it for tokens that never expire)"));
-            }
-            for (i, cap) in self.capabilities.iter().enumerate() {
-                if !is_token_text(cap) {
-                    return Err(ConfigError::new(field(&format!("capabilities[{i}]")), "must be characters of A-Z a-z 0-9 . -"));
-                }
-            }
-            Access::Paid(Service { name, price_msat, lifetime_s: self.lifetime_s, capabilities: self.capabilities })
-        };
-        Ok(Route { path, methods, access })
-    }
-}
-
-fn checked_path(path: String, field: String) -> Result<String, ConfigError> {
-    if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
-        return Err(ConfigError::new(field, "must start with / and contain no spaces"));
-    }
-    Ok(path)
 }
 
 #[cfg(test)]
@@ -406,6 +371,12 @@ mod tests {
         assert_eq!(c.memo_for("weather"), "weather access");
         assert_eq!(c.unmatched, Unmatched::Deny);
         assert!(c.lsat_header);
+        assert!(c.upstream_headers.strip_credential);
+        assert_eq!(c.upstream_headers.names().collect::<Vec<_>>(), ["x-l402-token-id", "x-l402-service", "x-l402-price-msat"]);
+        let mut off = base();
+        off["upstream_headers"] = json!({"service": null, "price_msat": "X-Paid"});
+        let c2 = parse(&off).unwrap();
+        assert_eq!(c2.upstream_headers.names().collect::<Vec<_>>(), ["x-l402-token-id", "x-paid"]);
         assert_eq!(c.routes[1].methods, ["GET"]);
         let Access::Paid(service) = &c.routes[1].access else { panic!("paid route expected") };
         assert_eq!(service.price_msat, 10_000);
@@ -450,6 +421,11 @@ mod tests {
         no_routes["routes"] = json!([]);
         assert_eq!(error_field(&no_routes), "routes");
         assert_eq!(Config::parse(b"{", &|_| None).err().map(|e| e.field), Some("config".into()));
+        let mut header = base();
+        header["upstream_headers"] = json!({"service": "bad header"});
+        assert_eq!(error_field(&header), "upstream_headers.service");
+        header["upstream_headers"] = json!({"token_id": "Authorization"});
+        assert_eq!(error_field(&header), "upstream_headers.token_id");
     }
 
     #[test]

@@ -1,0 +1,305 @@
+//! Route rules: what a request is matched on, and what a matching request must pay for.
+
+use super::{is_token_text, ConfigError, NodeKind};
+use serde::Deserialize;
+
+/// Most segments in a glob pattern, to keep matching cheap.
+const MAX_GLOB_SEGMENTS: usize = 32;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    #[serde(rename = "match")]
+    matcher: RawMatch,
+    #[serde(default)]
+    free: bool,
+    service: Option<String>,
+    price_sat: Option<u64>,
+    price_msat: Option<u64>,
+    lifetime_s: Option<u64>,
+    #[serde(default)]
+    capabilities: Vec<String>,
+    #[serde(default)]
+    restrict: RawRestrict,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    path: Option<String>,
+    path_prefix: Option<String>,
+    path_glob: Option<String>,
+    methods: Option<Vec<String>>,
+    host: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRestrict {
+    path_prefix: Option<String>,
+    methods: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    Glob(Glob),
+    Any,
+}
+
+/// A path pattern: `*` matches within one segment, a `**` segment matches any number of segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob {
+    segments: Vec<String>,
+}
+
+impl Glob {
+    fn parse(pattern: &str) -> Option<Glob> {
+        let segments: Vec<String> = pattern.split('/').map(str::to_owned).collect();
+        let valid = segments.len() <= MAX_GLOB_SEGMENTS
+            && segments.iter().all(|s| s == "**" || !s.contains("**"))
+            && segments.iter().filter(|s| *s == "**").count() <= 1;
+        valid.then_some(Glob { segments })
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        let path: Vec<&str> = path.split('/').collect();
+        match self.segments.iter().position(|s| s == "**") {
+            None => path.len() == self.segments.len() && segments_match(&self.segments, &path),
+            Some(star) => {
+                let (head, tail) = self.segments.split_at(star);
+                let tail = tail.get(1..).unwrap_or_default();
+                path.len() >= head.len().saturating_add(tail.len())
+                    && path.get(..head.len()).is_some_and(|p| segments_match(head, p))
+                    && path.get(path.len().saturating_sub(tail.len())..).is_some_and(|p| segments_match(tail, p))
+            }
+        }
+    }
+}
+
+fn segments_match(patterns: &[String], segments: &[&str]) -> bool {
+    patterns.iter().zip(segments).all(|(p, s)| wildcard_match(p, s))
+}
+
+/// `*` matches any run of characters within one segment.
+fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else { return false };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else { return rest.is_empty() };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = rest.get(at.saturating_add(part.len())..).unwrap_or_default(),
+            None => return false,
+        }
+    }
+    rest.ends_with(last)
+}
+
+/// A host name or `*.suffix`, matched against `:authority` without its port, in any case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Exact(String),
+    Suffix(String),
+}
+
+impl HostMatch {
+    pub fn matches(&self, authority: &str) -> bool {
+        let host = strip_port(authority);
+        match self {
+            HostMatch::Exact(name) => host.eq_ignore_ascii_case(name),
+            HostMatch::Suffix(suffix) => {
+                host.len() > suffix.len()
+                    && host.get(host.len().saturating_sub(suffix.len())..).is_some_and(|end| end.eq_ignore_ascii_case(suffix))
+            }
+        }
+    }
+}
+
+fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority.split_once(']').map_or(authority, |(host, _)| host.get(1..).unwrap_or_default());
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub path: PathMatch,
+    /// Upper-case method names; empty means any method.
+    pub methods: Vec<String>,
+    pub host: Option<HostMatch>,
+    pub access: Access,
+}
+
+#[derive(Debug, Clone)]
+pub enum Access {
+    Free,
+    Paid(Service),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub price_msat: u64,
+    pub lifetime_s: Option<u64>,
+    pub capabilities: Vec<String>,
+    /// Minted as `<service>_path_prefix` and `<service>_methods` caveats, and enforced.
+    pub restrict_path_prefix: Option<String>,
+    pub restrict_methods: Vec<String>,
+}
+
+fn method_names(list: Option<Vec<String>>, field: impl Fn(usize) -> String) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, m) in list.unwrap_or_default().into_iter().enumerate() {
+        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(ConfigError::new(field(i), "must be an HTTP method name"));
+        }
+        out.push(m.to_ascii_uppercase());
+    }
+    Ok(out)
+}
+
+fn checked_path(path: String, field: String) -> Result<String, ConfigError> {
+    if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b',') {
+        return Err(ConfigError::new(field, "must start with / and contain no spaces or commas"));
+    }
+    Ok(path)
+}
+
+fn host_match(host: String, field: String) -> Result<HostMatch, ConfigError> {
+    let (name, wildcard) = match host.strip_prefix("*.") {
+        Some(rest) => (rest, true),
+        None => (host.as_str(), false),
+    };
+    let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
+    if !valid {
+        return Err(ConfigError::new(field, "must be a host name or *.domain"));
+    }
+    Ok(if wildcard { HostMatch::Suffix(format!(".{name}")) } else { HostMatch::Exact(name.to_owned()) })
+}
+
+impl RawRoute {
+    pub(super) fn validate(self, index: usize, node: NodeKind) -> Result<Route, ConfigError> {
+        let field = |name: &str| format!("routes[{index}].{name}");
+        let m = self.matcher;
+        let path = match (m.path, m.path_prefix, m.path_glob) {
+            (None, None, None) => PathMatch::Any,
+            (Some(p), None, None) => PathMatch::Exact(checked_path(p, field("match.path"))?),
+            (None, Some(p), None) => PathMatch::Prefix(checked_path(p, field("match.path_prefix"))?),
+            (None, None, Some(p)) => {
+                let p = checked_path(p, field("match.path_glob"))?;
+                PathMatch::Glob(Glob::parse(&p).ok_or_else(|| {
+                    ConfigError::new(field("match.path_glob"), "use * within a segment and at most one ** segment")
+                })?)
+            }
+            _ => return Err(ConfigError::new(field("match"), "give one of path, path_prefix and path_glob")),
+        };
+        let methods = method_names(m.methods, |i| field(&format!("match.methods[{i}]")))?;
+        let host = m.host.map(|h| host_match(h, field("match.host"))).transpose()?;
+
+        let access = if self.free {
+            if self.service.is_some() || self.price_sat.is_some() || self.price_msat.is_some() {
+                return Err(ConfigError::new(field("free"), "a free route has no service or price"));
+            }
+            Access::Free
+        } else {
+            let name = self.service.ok_or_else(|| ConfigError::new(field("service"), "required unless the route is free"))?;
+            if !is_token_text(&name) || name.len() > 64 {
+                return Err(ConfigError::new(field("service"), "must be 1-64 characters of A-Z a-z 0-9 . -"));
+            }
+            let price_msat = match (self.price_sat, self.price_msat) {
+                (Some(sat), None) => sat.checked_mul(1000),
+                (None, Some(msat)) => Some(msat),
+                _ => return Err(ConfigError::new(field("price_sat"), "give exactly one of price_sat and price_msat")),
+            }
+            .filter(|p| *p > 0)
+            .ok_or_else(|| ConfigError::new(field("price_sat"), "price must be a positive amount"))?;
+            if node == NodeKind::Lnbits && price_msat % 1000 != 0 {
+                return Err(ConfigError::new(field("price_msat"), "LNbits invoices are in whole satoshis"));
+            }
+            if self.lifetime_s == Some(0) {
+                return Err(ConfigError::new(field("lifetime_s"), "must be at least 1 (omit it for tokens that never expire)"));
+            }
+            for (i, cap) in self.capabilities.iter().enumerate() {
+                if !is_token_text(cap) {
+                    return Err(ConfigError::new(field(&format!("capabilities[{i}]")), "must be characters of A-Z a-z 0-9 . -"));
+                }
+            }
+            let restrict_path_prefix =
+                self.restrict.path_prefix.map(|p| checked_path(p, field("restrict.path_prefix"))).transpose()?;
+            let restrict_methods = method_names(self.restrict.methods, |i| field(&format!("restrict.methods[{i}]")))?;
+            Access::Paid(Service {
+                name,
+                price_msat,
+                lifetime_s: self.lifetime_s,
+                capabilities: self.capabilities,
+                restrict_path_prefix,
+                restrict_methods,
+            })
+        };
+        Ok(Route { path, methods, host, access })
+    }
+}
+
+impl Route {
+    pub fn matches(&self, method: &str, path: &str, authority: &str) -> bool {
+        let path_ok = match &self.path {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatch::Glob(glob) => glob.matches(path),
+            PathMatch::Any => true,
+        };
+        path_ok
+            && (self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+            && self.host.as_ref().is_none_or(|h| h.matches(authority))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_segments() {
+        let g = Glob::parse("/v1/*/forecast").unwrap();
+        assert!(g.matches("/v1/paris/forecast"));
+        assert!(!g.matches("/v1/paris/london/forecast"));
+        assert!(!g.matches("/v1/forecast"));
+        let g = Glob::parse("/files/**/*.json").unwrap();
+        assert!(g.matches("/files/a.json"));
+        assert!(g.matches("/files/x/y/z.json"));
+        assert!(!g.matches("/files/x/y/z.csv"));
+        let g = Glob::parse("/img/*-large.png").unwrap();
+        assert!(g.matches("/img/cat-large.png"));
+        assert!(!g.matches("/img/cat-small.png"));
+        assert!(Glob::parse("/a/**/b/**").is_none());
+        assert!(Glob::parse("/a/x**").is_none());
+    }
+
+    #[test]
+    fn hosts_match_without_port_in_any_case() {
+        let exact = HostMatch::Exact("api.example.com".into());
+        assert!(exact.matches("API.example.com:8443"));
+        assert!(!exact.matches("api.example.com.evil"));
+        let suffix = HostMatch::Suffix(".example.com".into());
+        assert!(suffix.matches("eu.example.com"));
+        assert!(!suffix.matches("example.com"));
+        assert!(!suffix.matches("eu.example.com.evil:80"));
+        assert_eq!(strip_port("[::1]:8080"), "::1");
+    }
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard_match("*", ""));
+        assert!(wildcard_match("a*b*c", "a-b-c"));
+        assert!(!wildcard_match("a*b*c", "a-c-b"));
+        assert!(wildcard_match("abc", "abc"));
+        assert!(!wildcard_match("abc", "abcd"));
+    }
+}
