@@ -6,6 +6,8 @@
 #   ./build.sh demo [--serve]
 #                        LNbits + an API + Envoy with the filter; a client pays and gets in
 #   ./build.sh setup     only install the test components (no cargo build)
+#   ./build.sh bench [--long]
+#                        wrk against Envoy: no filter, empty wasm filter, l402, jwt_authn (BENCHMARKS.md)
 #
 # Everything installs under the repository (gitignored): .venv (pytest, Envoy), .lnbits (LNbits),
 # tests/clients/node_modules (JS clients), .run (logs, temp dirs). Each step is idempotent and
@@ -108,6 +110,21 @@ run_demo() {
     .venv/bin/python demo/demo.py "$@"
 }
 
+# Needs wrk, nginx and taskset (apt as root); builds the l402 CLI (it mints the token) and the empty
+# filter the bench compares against; bench/run.py starts everything and writes .run/bench/results.json.
+run_bench() {
+    local missing=()
+    have wrk || missing+=(wrk)
+    have nginx || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+    have taskset || missing+=(util-linux)
+    (( ${#missing[@]} == 0 )) || apt_install "${missing[@]}"
+    log "cargo build --release --bin l402; bench/empty-filter"
+    cargo build --release --bin l402
+    cargo build --release --target "$WASM_TARGET" --manifest-path bench/empty-filter/Cargo.toml \
+        --target-dir target/empty-filter
+    .venv/bin/python bench/run.py "$@"
+}
+
 # --- commands ---------------------------------------------------------------------------------
 
 timed() {  # timed STEP...: run a step and report how long it took
@@ -142,6 +159,13 @@ cmd_demo() {
     run_demo "$@"
 }
 
+cmd_bench() {
+    timed ensure_rust_target
+    timed ensure_venv
+    timed build_wasm
+    run_bench "$@"
+}
+
 main() {
     local cmd=${1:-build}
     [[ $# -gt 0 ]] && shift
@@ -150,6 +174,7 @@ main() {
         test)  cmd_test "$@" ;;
         demo)  cmd_demo "$@" ;;
         setup) cmd_setup "$@" ;;
+        bench) cmd_bench "$@" ;;
         -h|--help|help) awk 'NR>1 && !/^#/{exit} NR>1{sub(/^# ?/,""); print}' "$0" ;;
         *) die "unknown command '$cmd' (build | test | demo | setup)" ;;
     esac
