@@ -1,0 +1,39 @@
+//! Arbitrary bytes as the filter's JSON config: parsing never panics, and an accepted config can be
+//! used: routes selected, invoice requests built, challenges rendered.
+#![no_main]
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use l402::config::{Access, Config};
+use l402::lightning::{invoice_request, InvoiceOrder};
+use l402::{policy, response};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let config = match Config::parse(data, &common::fuzz_env) {
+        Ok(config) => config,
+        Err(error) => {
+            let _ = error.to_string();
+            return;
+        }
+    };
+    let _ = format!("{config:?}");
+    for (method, path, authority) in [
+        ("GET", "/", "api.example.com"),
+        ("POST", "/v1/x/y/forecast?y=1", "a.example.com:8443"),
+        ("get", "/health#f", "[::1]:80"),
+        ("DELETE", "", ""),
+    ] {
+        let _ = policy::select(&config, method, policy::path_only(path), authority);
+    }
+    for route in &config.routes {
+        if let Access::Paid(service) = &route.access {
+            let memo = config.memo_for(&service.name);
+            let order = InvoiceOrder { amount_msat: service.price_msat, memo: &memo, expiry_s: config.invoice_expiry_s, label: "00ff" };
+            let request = invoice_request(config.node.kind, &config.node.credential.0, &order);
+            assert!(request.path.starts_with('/'));
+            let _ = response::payment_required(&config, service, "AgEEbHNhdA", "lnbc1", None);
+        }
+    }
+});

@@ -1,0 +1,84 @@
+//! Requests through the gate (format: `common::parse_gate_input`), sharing one small verified-token
+//! cache. Never panics, and the decision agrees with an independent model of the config's routes
+//! and with `verify`: a request is Paid exactly when `verify` accepts the credential the gate reads
+//! for its route, and a Paid token also satisfies an independent model of the caveat rules.
+#![no_main]
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use l402::config::{Access, Config};
+use l402::gate::{decide, Decision, RequestView, VerifiedCache};
+use l402::l402::header::{is_l402_authorization, parse_authorization, parse_macaroon_header};
+use l402::l402::{verify, Requirement};
+use l402::policy;
+use libfuzzer_sys::fuzz_target;
+use std::sync::OnceLock;
+
+static CONFIG: OnceLock<Config> = OnceLock::new();
+
+fuzz_target!(|data: &[u8]| {
+    let config = CONFIG.get_or_init(common::gate_config);
+    let text = String::from_utf8_lossy(data);
+    let mut cache = VerifiedCache::new(2);
+    for request in common::parse_gate_input(&text) {
+        let view = RequestView {
+            method: &request.method,
+            path: &request.path,
+            authority: &request.authority,
+            authorization: request.authorization.as_deref(),
+            macaroon: request.macaroon.as_deref(),
+            now: request.now,
+        };
+        let decision = decide(config, &mut cache, &view);
+        assert!(cache.len() <= 2, "cache grew past its capacity");
+
+        let path = policy::path_only(view.path);
+        let route = policy::select(config, view.method, path, view.authority);
+        let index = route.and_then(|r| config.routes.iter().position(|c| std::ptr::eq(c, r)));
+        let expected = common::model_route(view.method, view.path, view.authority);
+        assert_eq!(index, expected, "route for {} {:?} on {:?}", view.method, view.path, view.authority);
+
+        let service = match route.map(|r| &r.access) {
+            None => {
+                assert_eq!(decision, Decision::NoRoute);
+                continue;
+            }
+            Some(Access::Free) => {
+                assert_eq!(decision, Decision::Free);
+                continue;
+            }
+            Some(Access::Paid(service)) => service,
+        };
+        // The credential the gate is documented to read: an L402/LSAT Authorization, else the
+        // macaroon header.
+        let parsed = match (view.authorization, view.macaroon) {
+            (Some(h), _) if is_l402_authorization(h) => Some(parse_authorization(h)),
+            (_, Some(h)) => Some(parse_macaroon_header(h)),
+            _ => None,
+        };
+        let need = Requirement { service: &service.name, capabilities: &service.capabilities, now: view.now, method: view.method, path };
+        let verified = parsed.map(|p| p.and_then(|credential| verify(&config.secrets, credential, &need)));
+        match (&decision, &verified) {
+            (Decision::Paid { token_id, service: paid }, Some(Ok(token))) => {
+                assert_eq!(*paid, service);
+                assert_eq!(*token_id, token.identifier.token_id);
+                if let Err(why) = common::model_admits(token.caveats(), need.service, need.capabilities, need.now, need.method, need.path) {
+                    panic!("Paid, but the caveat model refuses: {why}");
+                }
+            }
+            (Decision::Paid { .. }, other) => {
+                panic!("Paid for {:?} / {:?}, but verify says {other:?}", view.authorization, view.macaroon)
+            }
+            (Decision::Challenge { service: challenged, refusal }, _) => {
+                assert_eq!(*challenged, service);
+                match &verified {
+                    Some(Ok(_)) => panic!("verify accepts {:?} / {:?}, but the gate refused: {refusal:?}", view.authorization, view.macaroon),
+                    Some(Err(e)) => assert_eq!(refusal.as_ref(), Some(e), "refusal differs from verify's"),
+                    None => assert_eq!(*refusal, None),
+                }
+            }
+            (other, _) => panic!("paid route, decision {other:?}"),
+        }
+    }
+});
