@@ -63,6 +63,10 @@ BODY = '{"forecast":"sunny"}'
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVICE = "weather"
 INVOICE_BODY = json.dumps({"value_msat": "10000", "memo": "weather access", "expiry": "600"})
+# What nginx answers on POST /v1/invoices as an instant "node": LND's answer, always the same invoice.
+CANNED_INVOICE = json.dumps({"r_hash": base64.b64encode(bytes(range(32))).decode(), "add_index": "1",
+                             "payment_addr": base64.b64encode(bytes(32)).decode(),
+                             "payment_request": "lnbcrt100n1p" + "q" * 320})
 
 
 def log(msg: str) -> None:
@@ -148,6 +152,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root {d}/www;
+        location = /v1/invoices {{ return 200 '{CANNED_INVOICE}'; }}
     }}
 }}
 """)
@@ -351,14 +356,14 @@ def main() -> int:
         envoy_env = {"L402_SECRETS": secret, "LND_INVOICE_MACAROON_HEX": macaroon_hex}
         paid_route = {"match": {"path_prefix": "/"}, "service": SERVICE, "price_sat": 10, "capabilities": ["read"]}
 
-        def l402_config(tls: bool = False, free: bool = False) -> str:
-            port = sim_tls.port if tls else sim.port
+        def l402_config(tls: bool = False, free: bool = False, port: int | None = None, **extra: Any) -> str:
+            port = port or (sim_tls.port if tls else sim.port)
             node = {"kind": "lnd", "upstream": "lnd", "authority": f"{'localhost' if tls else '127.0.0.1'}:{port}",
                     "credential": {"env": "LND_INVOICE_MACAROON_HEX"}, "timeout_ms": 3000}
             if tls:
                 node["tls"] = True
             route = {"match": {"path_prefix": "/"}, "free": True} if free else paid_route
-            return json.dumps({"secrets": {"env": "L402_SECRETS"}, "node": node, "routes": [route]},
+            return json.dumps({"secrets": {"env": "L402_SECRETS"}, "node": node, "routes": [route], **extra},
                               separators=(",", ":"))
 
         def envoy(name: str, upstream: str, filters: str, clusters: str = "") -> PinnedEnvoy:
@@ -414,6 +419,12 @@ def main() -> int:
         if want("x-headers-direct"):
             e = envoy("x-headers-direct", "direct", wasm_filter("empty", EMPTY_WASM, ":method,:path,authorization"))
             targets.append(Target("x-headers-direct", "(x) empty filter + 3 header reads", f"http://127.0.0.1:{e.listen}{PATH}", auth, 200, e, c))
+        if want("x-nohandoff-direct"):
+            no_handoff = {"strip_credential": False, "token_id": None, "service": None, "price_msat": None}
+            e = envoy("x-nohandoff-direct", "direct",
+                      wasm_filter("l402", L402_WASM, l402_config(upstream_headers=no_handoff)), lnd_plain)
+            targets.append(Target("x-nohandoff-direct", "(x) l402, paid, no upstream header changes",
+                                  f"http://127.0.0.1:{e.listen}{PATH}", auth, 200, e, c))
         if want("x-free-direct"):
             e = envoy("x-free-direct", "direct", wasm_filter("l402", L402_WASM, l402_config(free=True)), lnd_plain)
             targets.append(Target("x-free-direct", "(x) l402, free route", f"http://127.0.0.1:{e.listen}{PATH}", auth, 200, e, c))
@@ -438,6 +449,18 @@ def main() -> int:
                 targets.append(Target(f"f-tls-c{cc}", "(f) simulator POST /v1/invoices, TLS",
                                       f"https://127.0.0.1:{sim_tls.port}/v1/invoices", invoice_headers, 200, None, cc,
                                       invoice_env))
+
+        if want("e-fast"):
+            # The 402 path with an instant node (nginx answers a canned invoice): what Envoy and the
+            # filter add, without the simulator's own time and variance.
+            cc = challenge_conns[0]
+            e = envoy("e-fast", "direct", wasm_filter("l402", L402_WASM, l402_config(port=nginx_port)),
+                      fill(template("cluster-lnd.yaml"), LND_PORT=nginx_port))
+            targets.append(Target(f"e-fast-c{cc}", "(e) 402 path, instant node (nginx)",
+                                  f"http://127.0.0.1:{e.listen}{PATH}", [], 402, e, cc))
+            targets.append(Target(f"f-fast-c{cc}", "(f) instant node POST /v1/invoices",
+                                  f"http://127.0.0.1:{nginx_port}/v1/invoices", invoice_headers, 200, None, cc,
+                                  invoice_env, probe=("POST", INVOICE_BODY)))
 
         for t in targets:
             if not t.key.startswith("f-tls"):  # urllib would verify the simulator's self-signed certificate
@@ -580,7 +603,8 @@ def build_results(targets: list[Target], meta: dict[str, Any], args: argparse.Na
         "cpu_us d-a direct": diff("d-direct", "a-direct", "envoy_cpu_us_per_req"),
         "cpu_us x-headers - b direct": diff("x-headers-direct", "b-direct", "envoy_cpu_us_per_req"),
         "cpu_us x-free - x-headers direct": diff("x-free-direct", "x-headers-direct", "envoy_cpu_us_per_req"),
-        "cpu_us c - x-free direct": diff("c-direct", "x-free-direct", "envoy_cpu_us_per_req"),
+        "cpu_us x-nohandoff - x-headers direct": diff("x-nohandoff-direct", "x-headers-direct", "envoy_cpu_us_per_req"),
+        "cpu_us c - x-nohandoff direct": diff("c-direct", "x-nohandoff-direct", "envoy_cpu_us_per_req"),
     }
     for key in configs:
         if key.startswith("e-"):
@@ -643,7 +667,7 @@ def markdown(res: dict[str, Any]) -> str:
     ]
     for key, c in res["configs"].items():
         up = ("direct_response" if key.endswith("-direct") else "nginx" if key.endswith("-nginx")
-              else "LND sim, " + ("TLS" if "-tls" in key else "HTTP"))
+              else "nginx (canned invoice)" if "-fast" in key else "LND sim, " + ("TLS" if "-tls" in key else "HTTP"))
         lines.append(f"| {c['label']} | {up} | {c['connections']} | {fmt_range(c['rps'], '.0f')} | "
                      f"{fmt_range(c['p50_us'], '.3f', 1e-3)} | {fmt_range(c['p99_us'], '.3f', 1e-3)} | "
                      f"{fmt_range(c['envoy_cpu_us_per_req'], '.1f')} |")
