@@ -96,7 +96,7 @@ impl Http {
                 self.pending = Some(Pending { service, token_id, refusal });
             }
             Err(()) => {
-                host::log(LogLevel::Warn, &format!("l402: could not dispatch the invoice call to {}", node.upstream));
+                host::log(LogLevel::Warn, &format!("could not dispatch the invoice call to {}", node.upstream));
                 self.respond(&response::gateway_failure("the invoice call to the Lightning node could not be dispatched"));
             }
         }
@@ -134,7 +134,7 @@ impl Context for Http {
         let reply = match parse_invoice(config.node.kind, status, &body) {
             Ok(invoice) => Self::challenge_response(config, &pending, invoice.payment_hash, &invoice.bolt11),
             Err(error) => {
-                host::log(LogLevel::Warn, &format!("l402: invoice call failed: {error}"));
+                host::log(LogLevel::Warn, &format!("invoice call failed: {error}"));
                 response::node_failure(&error)
             }
         };

@@ -34,7 +34,7 @@ impl RootContext for Root {
                 true
             }
             Err(error) => {
-                host::log(LogLevel::Error, &format!("l402: {error}"));
+                host::log(LogLevel::Error, &error.to_string());
                 false
             }
         }

@@ -78,10 +78,14 @@ pub fn invoice_request(kind: NodeKind, credential: &str, order: &InvoiceOrder<'_
 }
 
 /// Reads the node's answer to [`invoice_request`]; `status` is `None` when the host saw no response.
+///
+/// Envoy answers a failed callout itself (connection refused or reset, TLS failure: 503; timeout:
+/// 504), as a reverse proxy in front of a node would: the gateway statuses mean unreachable.
 pub fn parse_invoice(kind: NodeKind, status: Option<u32>, body: &[u8]) -> Result<Invoice, NodeError> {
-    let status = status.ok_or(NodeError::Unreachable)?;
-    if !(200..300).contains(&status) {
-        return Err(NodeError::Status(status));
+    match status {
+        None | Some(502..=504) => return Err(NodeError::Unreachable),
+        Some(200..=299) => {}
+        Some(other) => return Err(NodeError::Status(other)),
     }
     if body.len() > MAX_RESPONSE_BYTES {
         return Err(NodeError::BadResponse("response too large"));
@@ -123,6 +127,9 @@ mod tests {
     fn non_success_and_missing_responses_are_errors() {
         assert_eq!(parse_invoice(NodeKind::Lnd, None, b""), Err(NodeError::Unreachable));
         assert_eq!(parse_invoice(NodeKind::Lnd, Some(500), b"{}"), Err(NodeError::Status(500)));
+        for gateway_status in [502, 503, 504] {
+            assert_eq!(parse_invoice(NodeKind::Lnd, Some(gateway_status), b""), Err(NodeError::Unreachable));
+        }
         assert_eq!(parse_invoice(NodeKind::Lnbits, Some(200), b"<html>"), Err(NodeError::BadResponse("not the expected JSON")));
         let huge = vec![b' '; MAX_RESPONSE_BYTES + 1];
         assert_eq!(parse_invoice(NodeKind::Cln, Some(200), &huge), Err(NodeError::BadResponse("response too large")));
