@@ -24,6 +24,7 @@ mod filter;
 pub mod l402;
 pub mod gate;
 pub mod lightning;
+pub mod metrics;
 pub mod policy;
 pub mod response;
 #[cfg(test)]

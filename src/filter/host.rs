@@ -2,7 +2,7 @@
 //! would take down the VM for every request on the worker. Every failure here becomes a value.
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, GrpcStatusCode, LogLevel, MapType};
+use proxy_wasm::types::{BufferType, GrpcStatusCode, LogLevel, MapType, MetricType};
 use std::time::{Duration, UNIX_EPOCH};
 
 /// A request header as text; `Err` when it is present but not valid UTF-8.
@@ -29,9 +29,30 @@ pub fn plugin_configuration() -> Option<Vec<u8>> {
     hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten()
 }
 
-/// Unix seconds from the host's clock (0 if the host cannot tell, which expires every token).
+/// Time since the Unix epoch from the host's clock (zero if the host cannot tell, which expires
+/// every token).
+pub fn now() -> Duration {
+    hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).unwrap_or_default()
+}
+
 pub fn now_unix() -> u64 {
-    hostcalls::get_current_time().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs())
+    now().as_secs()
+}
+
+pub fn define_metric(kind: MetricType, name: &str) -> Option<u32> {
+    hostcalls::define_metric(kind, name).ok()
+}
+
+pub fn increment_metric(id: u32, by: u64) {
+    let _ = hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
+}
+
+pub fn record_metric(id: u32, value: u64) {
+    let _ = hostcalls::record_metric(id, value);
+}
+
+pub fn set_tick_period(period: Duration) {
+    let _ = hostcalls::set_tick_period(period);
 }
 
 pub fn dispatch(upstream: &str, headers: Vec<(&str, &str)>, body: &[u8], timeout: Duration) -> Result<u32, ()> {

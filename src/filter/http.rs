@@ -9,6 +9,7 @@ use crate::l402::caveats::{METHODS_SUFFIX, PATH_PREFIX_SUFFIX};
 use crate::l402::encoding::{base64_encode, hex_encode};
 use crate::l402::{mint, Grant, VerifyError};
 use crate::lightning::{invoice_request, parse_invoice, InvoiceOrder, MAX_RESPONSE_BYTES};
+use crate::metrics::Counter;
 use crate::response::{self, is_grpc, LocalResponse};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
@@ -20,6 +21,7 @@ struct Pending {
     service: Service,
     token_id: [u8; 32],
     refusal: Option<VerifyError>,
+    dispatched: Duration,
 }
 
 pub struct Http {
@@ -73,6 +75,7 @@ impl Http {
     fn start_challenge(&mut self, service: Service, refusal: Option<VerifyError>) -> Action {
         let config = &self.shared.config;
         let Some(token_id) = host::random_token_id() else {
+            self.shared.count(Counter::GatewayErrors);
             self.respond(&response::gateway_failure("no randomness available for a token id"));
             return Action::Pause;
         };
@@ -93,9 +96,10 @@ impl Http {
         let timeout = Duration::from_millis(u64::from(node.timeout_ms));
         match host::dispatch(&node.upstream, headers, &request.body, timeout) {
             Ok(_) => {
-                self.pending = Some(Pending { service, token_id, refusal });
+                self.pending = Some(Pending { service, token_id, refusal, dispatched: host::now() });
             }
             Err(()) => {
+                self.shared.count(Counter::GatewayErrors);
                 host::log(LogLevel::Warn, &format!("could not dispatch the invoice call to {}", node.upstream));
                 self.respond(&response::gateway_failure("the invoice call to the Lightning node could not be dispatched"));
             }
@@ -128,12 +132,21 @@ impl Http {
 impl Context for Http {
     fn on_http_call_response(&mut self, _token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
         let Some(pending) = self.pending.take() else { return };
-        let config = &self.shared.config;
+        let shared = Rc::clone(&self.shared);
+        let config = &shared.config;
+        if let Some(id) = shared.latency_metric {
+            let elapsed = host::now().saturating_sub(pending.dispatched);
+            host::record_metric(id, u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
+        }
         let status = host::call_response_status();
         let body = if body_size > MAX_RESPONSE_BYTES { vec![0; MAX_RESPONSE_BYTES + 1] } else { host::call_response_body(body_size) };
         let reply = match parse_invoice(config.node.kind, status, &body) {
-            Ok(invoice) => Self::challenge_response(config, &pending, invoice.payment_hash, &invoice.bolt11),
+            Ok(invoice) => {
+                shared.count(Counter::ChallengesIssued);
+                Self::challenge_response(config, &pending, invoice.payment_hash, &invoice.bolt11)
+            }
             Err(error) => {
+                shared.count(Counter::for_node_error(&error));
                 host::log(LogLevel::Warn, &format!("invoice call failed: {error}"));
                 response::node_failure(&error)
             }
@@ -169,18 +182,24 @@ impl HttpContext for Http {
         let decision = decide(config, &mut shared.cache.borrow_mut(), &view);
         match decision {
             Decision::Free => {
+                shared.count(Counter::Free);
                 config.upstream_headers.names().for_each(host::remove_request_header);
                 Action::Continue
             }
             Decision::Paid { token_id, service } => {
+                shared.count(Counter::Paid);
                 Self::hand_off(config, service, &token_id, authorization.is_some());
                 Action::Continue
             }
             Decision::NoRoute => {
+                shared.count(Counter::NoRoute);
                 self.respond(&response::no_route());
                 Action::Pause
             }
-            Decision::Challenge { service, refusal } => self.start_challenge(service.clone(), refusal),
+            Decision::Challenge { service, refusal } => {
+                shared.count(Counter::for_refusal(refusal.as_ref()));
+                self.start_challenge(service.clone(), refusal)
+            }
         }
     }
 }

@@ -1,0 +1,121 @@
+//! The filter's counters. Requests only bump plain in-VM counters; the root context publishes the
+//! deltas to the host once a second, so the paid path spends no host call on metrics.
+
+use crate::l402::VerifyError;
+use crate::lightning::NodeError;
+use core::cell::Cell;
+
+macro_rules! counters {
+    ($($variant:ident => $name:literal,)*) => {
+        /// A counter, published under its name (Envoy: `wasmcustom.<name>` in /stats, `<name>` in
+        /// /stats/prometheus; Kong: `pw.l402.<name>`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Counter { $($variant,)* }
+
+        impl Counter {
+            pub const ALL: &'static [Counter] = &[$(Counter::$variant,)*];
+
+            pub fn name(self) -> &'static str {
+                match self { $(Counter::$variant => $name,)* }
+            }
+        }
+    };
+}
+
+counters! {
+    Paid => "l402_paid_requests",
+    Free => "l402_free_requests",
+    NoRoute => "l402_no_route_requests",
+    ChallengesIssued => "l402_challenges_issued",
+    Unauthenticated => "l402_refused_no_credential",
+    Malformed => "l402_refused_malformed",
+    UnknownVersion => "l402_refused_unknown_version",
+    BadSignature => "l402_refused_bad_signature",
+    PreimageMismatch => "l402_refused_preimage_mismatch",
+    Expired => "l402_refused_expired",
+    WrongService => "l402_refused_wrong_service",
+    CapabilityMissing => "l402_refused_capability_missing",
+    CaveatWidened => "l402_refused_caveat_widened",
+    Restricted => "l402_refused_restricted",
+    NodeUnreachable => "l402_node_errors_unreachable",
+    NodeErrorStatus => "l402_node_errors_status",
+    NodeBadResponse => "l402_node_errors_bad_response",
+    GatewayErrors => "l402_gateway_errors",
+}
+
+/// Name of the callout latency histogram, in milliseconds.
+pub const CALLOUT_LATENCY_MS: &str = "l402_node_callout_ms";
+
+impl Counter {
+    pub fn for_refusal(refusal: Option<&VerifyError>) -> Counter {
+        match refusal {
+            None => Counter::Unauthenticated,
+            Some(VerifyError::Malformed(_)) => Counter::Malformed,
+            Some(VerifyError::UnknownVersion(_)) => Counter::UnknownVersion,
+            Some(VerifyError::BadSignature) => Counter::BadSignature,
+            Some(VerifyError::PreimageMismatch) => Counter::PreimageMismatch,
+            Some(VerifyError::Expired) => Counter::Expired,
+            Some(VerifyError::WrongService) => Counter::WrongService,
+            Some(VerifyError::CapabilityMissing) => Counter::CapabilityMissing,
+            Some(VerifyError::CaveatWidened(_)) => Counter::CaveatWidened,
+            Some(VerifyError::Restricted) => Counter::Restricted,
+        }
+    }
+
+    pub fn for_node_error(error: &NodeError) -> Counter {
+        match error {
+            NodeError::Unreachable => Counter::NodeUnreachable,
+            NodeError::Status(_) => Counter::NodeErrorStatus,
+            NodeError::BadResponse(_) => Counter::NodeBadResponse,
+        }
+    }
+}
+
+/// Counts not yet published, one cell per counter.
+#[derive(Debug, Default)]
+pub struct Pending {
+    cells: [Cell<u64>; COUNTERS],
+}
+
+const COUNTERS: usize = Counter::ALL.len();
+
+impl Pending {
+    pub fn bump(&self, counter: Counter) {
+        if let Some(cell) = self.cells.get(counter as usize) {
+            cell.set(cell.get().saturating_add(1));
+        }
+    }
+
+    /// Takes every non-zero count, leaving zero behind.
+    pub fn drain(&self) -> impl Iterator<Item = (Counter, u64)> + '_ {
+        Counter::ALL.iter().zip(&self.cells).filter_map(|(counter, cell)| {
+            let count = cell.take();
+            (count > 0).then_some((*counter, count))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_drained_once() {
+        let pending = Pending::default();
+        pending.bump(Counter::Paid);
+        pending.bump(Counter::Paid);
+        pending.bump(Counter::for_refusal(Some(&VerifyError::Expired)));
+        let drained: Vec<_> = pending.drain().collect();
+        assert_eq!(drained, [(Counter::Paid, 2), (Counter::Expired, 1)]);
+        assert_eq!(pending.drain().count(), 0);
+    }
+
+    #[test]
+    fn names_are_unique_and_prefixed() {
+        let mut names: Vec<_> = Counter::ALL.iter().map(|c| c.name()).collect();
+        assert!(names.iter().all(|n| n.starts_with("l402_")));
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Counter::ALL.len());
+    }
+}
