@@ -1,0 +1,409 @@
+"""Shared pieces of the hardening tests (test_adversarial.py, test_metrics.py, test_soak.py and
+scripts/soak.py): a gateway (real Envoy + l402.wasm) in front of the LND simulator over TLS, a
+recording upstream that keeps every header copy, tokens minted independently with pymacaroons, a
+small V2 macaroon codec for byte-level tampering, and raw HTTP/1.1 requests (repeated headers,
+non-UTF-8 bytes)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from pymacaroons import MACAROON_V2, Macaroon
+from pymacaroons.serializers.binary_serializer import BinarySerializer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import upstream as _upstream_module  # noqa: E402
+from harness import ROOT, Envoy, _tmpdir, http  # noqa: E402
+from test_filter_nodes import new_credential, sim_env, sim_vars  # noqa: E402
+from test_filter_support import (  # noqa: E402
+    challenge_parts, new_secret, plugin_config, render, shipped, with_plugin_config,
+)
+from upstream import Upstream  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "tests" / "sim"))
+from launch import Sim, start_sim  # noqa: E402
+
+LOCATION = "lsat"
+GATEWAY_HEADERS = ("x-l402-token-id", "x-l402-service", "x-l402-price-msat")
+
+# -- a recording upstream that keeps every copy of every header ----------------------------------
+
+
+class RecordingUpstream(Upstream):
+    """tests/e2e/upstream.py's Upstream; each log entry also has ``header_list``: every header line
+    as received, in order (``headers`` keeps only the last copy of a repeated name)."""
+
+    _local = threading.local()
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        entry["header_list"] = getattr(self._local, "headers", None) or list(entry["headers"].items())
+        super()._record(entry)
+
+    def start(self) -> "RecordingUpstream":
+        local = self._local
+        base = _upstream_module._service_handler(self)
+
+        class Handler(base):  # type: ignore[misc, valid-type]
+            def _handle(self) -> None:
+                local.headers = [(k.lower(), v) for k, v in self.headers.items()]
+                try:
+                    base._handle(self)
+                finally:
+                    local.headers = None
+
+        for m in _upstream_module.METHODS:
+            setattr(Handler, f"do_{m}", Handler._handle)
+        for port, handler in ((self.port, Handler), (self.control_port, _upstream_module._control_handler(self))):
+            srv = _upstream_module._Server((self.host, port), handler)
+            t = threading.Thread(target=srv.serve_forever, name=f"upstream-{port}", daemon=True)
+            t.start()
+            self._servers.append(srv)
+            self._threads.append(t)
+        return self
+
+
+# -- tokens minted independently (pymacaroons + the published key derivation) --------------------
+
+
+def root_key(secret_hex: str, identifier: bytes) -> bytes:
+    return hmac.new(bytes.fromhex(secret_hex), identifier, hashlib.sha256).digest()
+
+
+def identifier(payment_hash: bytes, token_id: bytes | None = None, version: int = 0) -> bytes:
+    return version.to_bytes(2, "big") + payment_hash + (token_id or secrets.token_bytes(32))
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def raw_of(mac: Macaroon) -> bytes:
+    return BinarySerializer().serialize_raw(mac)
+
+
+def mac_of(raw: bytes) -> Macaroon:
+    return BinarySerializer().deserialize_raw(raw)
+
+
+def py_mint(secret_hex: str, caveats: Iterable[str], *, preimage: bytes | None = None, version: int = 0,
+            location: str = LOCATION, ident: bytes | None = None) -> tuple[Macaroon, bytes]:
+    """A macaroon the way the gateway mints one (or with the given oddities); returns it and its
+    preimage."""
+    preimage = preimage if preimage is not None else secrets.token_bytes(32)
+    ident = ident if ident is not None else identifier(hashlib.sha256(preimage).digest(), version=version)
+    m = Macaroon(location=location, identifier=ident, key=root_key(secret_hex, ident), version=MACAROON_V2)
+    for c in caveats:
+        m.add_first_party_caveat(c)
+    return m, preimage
+
+
+def credential(raw: bytes | Macaroon, preimage: bytes, scheme: str = "L402") -> str:
+    if isinstance(raw, Macaroon):
+        raw = raw_of(raw)
+    return f"{scheme} {b64(raw)}:{preimage.hex()}"
+
+
+def split(cred: str) -> tuple[str, bytes, bytes]:
+    """``L402 <b64>:<hex>`` → (scheme, macaroon bytes, preimage)."""
+    scheme, _, rest = cred.partition(" ")
+    mac, _, pre = rest.rpartition(":")
+    return scheme, base64.b64decode(mac + "=" * (-len(mac) % 4)), bytes.fromhex(pre)
+
+
+def extend(cred: str, *caveats: str) -> str:
+    """A holder appends first-party caveats to a real token: the signature chain stays valid."""
+    scheme, raw, pre = split(cred)
+    m = mac_of(raw)
+    for c in caveats:
+        m.add_first_party_caveat(c)
+    return credential(m, pre, scheme)
+
+
+def token_id(cred: str) -> str:
+    return mac_of(split(cred)[1]).identifier_bytes[34:66].hex()
+
+
+# -- V2 binary fields, for byte-level tampering -----------------------------------------------------
+
+
+def v2_fields(raw: bytes) -> list[tuple[str, int, int]]:
+    """(name, start, end) of the value bytes of each field of a V2 macaroon, plus the tag/varint
+    bytes as ``tag`` entries. Names: location, identifier, caveat<i>, signature."""
+    out: list[tuple[str, int, int]] = [("version", 0, 1)]
+    i, section, caveat = 1, "header", 0
+    while i < len(raw):
+        tag = raw[i]
+        if tag == 0:
+            out.append(("eos", i, i + 1))
+            i += 1
+            if section == "header":
+                section = "caveats"
+            elif section == "caveats" and i < len(raw) and raw[i] == 0:
+                out.append(("eos", i, i + 1))
+                i += 1
+                section = "sig"
+            elif section == "caveats":
+                caveat += 1
+            continue
+        n, j, shift = 0, i + 1, 0
+        while True:
+            b = raw[j]
+            n |= (b & 0x7F) << shift
+            j += 1
+            shift += 7
+            if not b & 0x80:
+                break
+        out.append(("tag", i, j))
+        name = {1: "location", 2: "identifier" if section == "header" else f"caveat{caveat}", 4: "vid",
+                6: "signature"}.get(tag, f"tag{tag}")
+        out.append((name, j, j + n))
+        i = j + n
+    return out
+
+
+def field(raw: bytes, name: str) -> tuple[int, int]:
+    for n, a, b in v2_fields(raw):
+        if n == name:
+            return a, b
+    raise KeyError(name)
+
+
+def flip(raw: bytes, byte: int, bit: int) -> bytes:
+    out = bytearray(raw)
+    out[byte] ^= 1 << bit
+    return bytes(out)
+
+
+# -- raw HTTP/1.1 -----------------------------------------------------------------------------------
+
+
+def raw_request(port: int, method: str, path: str, headers: list[tuple[bytes | str, bytes | str]],
+                timeout: float = 10.0) -> tuple[int, list[tuple[str, str]], bytes]:
+    """One HTTP/1.1 request written byte for byte (repeated headers, any bytes in a value);
+    returns (status, headers, body). Status 0 means Envoy closed the connection without answering."""
+    def enc(x: bytes | str) -> bytes:
+        return x if isinstance(x, bytes) else x.encode("latin-1")
+
+    lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1", b"Connection: close"]
+    lines += [enc(k) + b": " + enc(v) for k, v in headers]
+    data = b"\r\n".join(lines) + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        while True:
+            try:
+                c = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not c:
+                break
+            chunks.append(c)
+    resp = b"".join(chunks)
+    if not resp:
+        return 0, [], b""
+    head, _, body = resp.partition(b"\r\n\r\n")
+    first, *rest = head.decode("latin-1").split("\r\n")
+    status = int(first.split(" ")[1])
+    hdrs = [(k.strip().lower(), v.strip()) for k, _, v in (l.partition(":") for l in rest)]
+    return status, hdrs, body
+
+
+# -- the gateway ------------------------------------------------------------------------------------
+
+PRICES_SAT = {"weather": 10, "admin": 50, "files": 5}
+
+ROUTES: list[dict[str, Any]] = [
+    {"match": {"path_prefix": "/health"}, "free": True},
+    {"match": {"path_prefix": "/v1/"}, "service": "weather", "price_sat": 10, "lifetime_s": 3600},
+    {"match": {"path_prefix": "/admin/"}, "service": "admin", "price_sat": 50, "lifetime_s": 3600,
+     "capabilities": ["admin"]},
+    {"match": {"path_prefix": "/files/"}, "service": "files", "price_sat": 5, "lifetime_s": 3600,
+     "restrict": {"path_prefix": "/files/public/", "methods": ["GET"]}},
+]
+PAID_PREFIXES = {"/v1/": "weather", "/admin/": "admin", "/files/": "files"}
+CAPABILITIES = {"/admin/": ("admin",)}
+
+
+class Gateway:
+    """The LND simulator (TLS) and a real Envoy running envoy/lnd-tls.yaml with ``routes`` (and
+    optional plugin/Envoy settings) in front of ``upstream``."""
+
+    def __init__(self, upstream_port: int, *, routes: list[dict[str, Any]] | None = None,
+                 stats_flush_interval: str | None = None, timeout_ms: int | None = None,
+                 concurrency: int = 1, envoy_log_level: str = "warn"):
+        self.tmp = _tmpdir("lndsim-gw-")
+        self.sim: Sim = start_sim("lnd", self.tmp, credential=new_credential("lnd"))
+        self.secret = new_secret()
+        vars = sim_vars("lnd", self.sim, upstream_port)
+        template = shipped("lnd-tls.yaml")
+        cfg = plugin_config(render(template, vars))
+        cfg["routes"] = routes if routes is not None else ROUTES
+        if timeout_ms is not None:
+            cfg["node"]["timeout_ms"] = timeout_ms
+        template = with_plugin_config(template, cfg)
+        if stats_flush_interval:
+            template = f"stats_flush_interval: {stats_flush_interval}\n" + template
+        self.listen_port = vars["LISTEN_PORT"]
+        self.envoy = Envoy(template, vars=vars, env=sim_env("lnd", self.sim, self.secret),
+                           concurrency=concurrency, log_level=envoy_log_level)
+        try:
+            self.envoy.start()
+        except Exception:
+            self.sim.stop()
+            raise
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.listen_port}{path}"
+
+    def get(self, path: str, headers: Mapping[str, str] | None = None, method: str = "GET"):
+        return http(method, self.url(path), headers=dict(headers or {}))
+
+    def buy(self, path: str = "/v1/forecast", scheme: str = "L402") -> str:
+        """Ask, pay the invoice from the simulator's wallet, and return the paid credential."""
+        r = self.get(path)
+        assert r.status == 402, (r.status, r.text)
+        mac, invoice = challenge_parts(r)
+        return f"{scheme} {mac}:{self.sim.pay(invoice)['payment_preimage']}"
+
+    def challenge(self, path: str = "/v1/forecast") -> tuple[str, str]:
+        r = self.get(path)
+        assert r.status == 402, (r.status, r.text)
+        return challenge_parts(r)
+
+    def stop(self) -> None:
+        self.envoy.stop()
+        self.sim.stop()
+
+    # -- observability --------------------------------------------------------------------------
+    def prometheus(self) -> str:
+        return self.envoy.stats_prometheus()
+
+    def counters(self) -> dict[str, float]:
+        """Every ``l402_*`` sample in /stats/prometheus (histogram series by their full name)."""
+        out: dict[str, float] = {}
+        for line in self.prometheus().splitlines():
+            if line.startswith("#") or not line.startswith("l402_"):
+                continue
+            name, _, value = line.rpartition(" ")
+            out[re.sub(r"\{\}$", "", name)] = float(value)
+        return out
+
+    def wasm_stats(self) -> dict[str, Any]:
+        return {k: v for k, v in self.envoy.stats().items() if k.startswith("wasm")}
+
+    def rss_kb(self) -> int:
+        """Resident memory of the Envoy process (kB)."""
+        assert self.envoy.proc is not None
+        pid = envoy_pid(self.envoy.proc.pid)
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+
+def envoy_pid(pid: int) -> int:
+    """.venv/bin/envoy may be a wrapper script: the Envoy process is then its child (or itself)."""
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        exe = ""
+    if "python" not in exe and not exe.endswith(("sh", "bash", "dash")):
+        return pid
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for c in children:
+        return envoy_pid(int(c))
+    return pid
+
+
+def paid_requests_valid(log: list[dict[str, Any]], valid_token_ids: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The upstream entries on a paid prefix that are NOT explained by a valid token of that
+    prefix's service (``valid_token_ids``: token id hex → service). Empty means no false accept."""
+    bad = []
+    for e in log:
+        for prefix, service in PAID_PREFIXES.items():
+            if e["path"].startswith(prefix):
+                tids = [v for k, v in e.get("header_list", e["headers"].items()) if k == "x-l402-token-id"]
+                ok = (len(tids) == 1 and valid_token_ids.get(tids[0]) == service
+                      and "authorization" not in e["headers"])
+                if not ok:
+                    bad.append(e)
+    return bad
+
+
+def json_dump(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True)
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 10.0, step: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
+
+
+# -- an independent check of a credential against one request --------------------------------------
+
+
+def independently_valid(cred: str, secret_hex: str, service: str, method: str, path: str,
+                        capabilities: Iterable[str] = (), now: int | None = None) -> bool:
+    """pymacaroons verifies the macaroon of ``cred`` under HMAC-SHA256(secret, identifier), the
+    preimage hashes to the identifier's payment hash, and EVERY first-party caveat holds for this
+    request (stricter than the gateway's narrowing rules, which only check the last of a group):
+    services lists ``service``, capabilities include ``capabilities``, valid_until is not past,
+    path_prefix prefixes ``path``, methods list ``method``. Unknown keys are skipped (spec)."""
+    from pymacaroons import Verifier
+    try:
+        scheme, raw, preimage = split(cred)
+        mac = mac_of(raw)
+    except Exception:
+        return False
+    if scheme.upper() not in ("L402", "LSAT"):
+        return False
+    ident = mac.identifier_bytes
+    if len(ident) != 66 or ident[:2] != b"\0\0" or hashlib.sha256(preimage).digest() != ident[2:34]:
+        return False
+    now = int(time.time()) if now is None else now
+    need = set(capabilities)
+    path = path.split("?", 1)[0]
+
+    def check(predicate: str) -> bool:
+        key, sep, value = predicate.partition("=")
+        if not sep:
+            return False
+        items = [v.strip() for v in value.split(",")]
+        if key == "services":
+            return service in [i.split(":")[0] for i in items]
+        if key == f"{service}_capabilities":
+            return need <= set(items)
+        if key == f"{service}_valid_until":
+            return value.isdigit() and now <= int(value)
+        if key == f"{service}_path_prefix":
+            return path.startswith(value)
+        if key == f"{service}_methods":
+            return method.upper() in [i.upper() for i in items]
+        return True
+
+    v = Verifier()
+    v.satisfy_general(check)
+    try:
+        return bool(v.verify(mac, root_key(secret_hex, ident)))
+    except Exception:
+        return False
