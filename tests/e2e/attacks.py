@@ -407,3 +407,216 @@ def independently_valid(cred: str, secret_hex: str, service: str, method: str, p
         return bool(v.verify(mac, root_key(secret_hex, ident)))
     except Exception:
         return False
+
+
+# -- soak: mixed valid, invalid and unauthenticated load ---------------------------------------------
+
+SOAK_MIX = (  # kind, weight
+    ("paid", 28), ("paid-narrowed", 8), ("paid-grpc", 4), ("free", 10), ("no-route", 4), ("unauthenticated", 8),
+    ("forged", 37), ("buy", 1),
+)
+VM_STATS = ("wasm.envoy.wasm.runtime.v8.active", "wasm.envoy.wasm.runtime.v8.created", "wasm.wasm_vm_count")
+RELOAD_STATS = ("wasm.l402.vm_reload", "wasm.l402.vm_reload_failure", "wasm.l402.vm_reload_backoff")
+
+
+class SoakResult:
+    def __init__(self) -> None:
+        self.sent: dict[int, tuple[str, bool, str | None, int]] = {}  # n → (kind, should pass, token id, status)
+        self.errors: list[str] = []
+        self.rss: list[tuple[float, int]] = []          # (seconds since start, kB)
+        self.allocated: list[tuple[float, int]] = []    # (seconds since start, server.memory_allocated)
+        self.duration = 0.0
+        self.false_accepts: list[dict[str, Any]] = []
+        self.false_refusals: list[tuple[int, str, int]] = []
+        self.upstream_entries = 0
+        self.vm_before: dict[str, Any] = {}
+        self.vm_after: dict[str, Any] = {}
+        self.tokens_bought = 0
+
+    def by_outcome(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for kind, _, _, status in self.sent.values():
+            key = f"{kind} {status}"
+            out[key] = out.get(key, 0) + 1
+        return dict(sorted(out.items()))
+
+    def rss_at(self, t: float) -> int:
+        """The first RSS sample at or after ``t`` seconds."""
+        return next(kb for s, kb in self.rss if s >= t)
+
+    def summary(self) -> str:
+        rss = ", ".join(f"{s:.0f}s:{kb // 1024}MB" for s, kb in self.rss[:: max(1, len(self.rss) // 12)])
+        rate = len(self.sent) / self.duration if self.duration else 0
+        return "\n".join([
+            f"requests: {len(self.sent)} in {self.duration:.0f}s ({rate:.0f}/s), upstream saw {self.upstream_entries}, "
+            f"tokens bought {self.tokens_bought}",
+            f"by outcome: {json.dumps(self.by_outcome())}",
+            f"false accepts: {len(self.false_accepts)}, false refusals: {len(self.false_refusals)}, "
+            f"client errors: {len(self.errors)}",
+            f"Envoy RSS: {rss}",
+            f"wasm VM stats before/after: {self.vm_before} / {self.vm_after}",
+        ])
+
+
+def run_soak(gw: Gateway, up: Upstream, seconds: float, threads: int = 4, seed: int = 1,
+             warm_tokens: int = 4, log: Callable[[str], None] | None = None) -> SoakResult:
+    """Drive ``seconds`` of mixed load through ``gw`` on keep-alive connections and judge every request
+    the upstream received against what the client sent (each request carries a unique ``n``)."""
+    import http.client
+    import random
+
+    res = SoakResult()
+    lock = threading.Lock()
+    tokens: list[tuple[str, str]] = []  # (credential, service)
+    for _ in range(warm_tokens):
+        tokens.append((gw.buy("/v1/forecast"), "weather"))
+    tokens.append((gw.buy("/files/public/x"), "files"))
+    tokens.append((gw.buy("/files/public/y"), "files"))
+    res.tokens_bought = len(tokens)
+    other_secret = new_secret()
+    seq = iter(range(1, 1 << 62))
+    up.clear()
+    time.sleep(0.5)
+    res.vm_before = {k: v for k, v in gw.envoy.stats().items() if k in VM_STATS + RELOAD_STATS}
+    t0 = time.monotonic()
+    stop = threading.Event()
+
+    def sampler() -> None:
+        while not stop.is_set():
+            t = time.monotonic() - t0
+            try:
+                res.rss.append((t, gw.rss_kb()))
+                res.allocated.append((t, int(gw.envoy.stat("server.memory_allocated", 0))))
+            except Exception as e:  # noqa: BLE001
+                res.errors.append(f"sampler: {e!r}")
+            stop.wait(1.0)
+
+    def forged(rng: random.Random, cred: str, service: str) -> tuple[str, list[tuple[str, str]]]:
+        _, raw, pre = split(cred)
+        path = "/v1/f" if service == "weather" else "/files/public/f"
+        choice = rng.randrange(9)
+        if choice == 0:
+            pos = rng.randrange(len(raw))
+            return path, [("Authorization", credential(flip(raw, pos, rng.randrange(8)), pre))]
+        if choice == 1:
+            return path, [("Authorization", credential(raw, secrets.token_bytes(32)))]
+        if choice == 2:
+            m, p = py_mint(other_secret, [f"services={service}:0"])
+            return path, [("Authorization", credential(m, p))]
+        if choice == 3:
+            return "/admin/f", [("Authorization", extend(cred, f"services={service}:0,admin:0"))]
+        if choice == 4:
+            m, p = py_mint(gw.secret, ["services=weather:0", f"weather_valid_until={int(time.time()) - 1}"])
+            return "/v1/f", [("Authorization", credential(m, p))]
+        if choice == 5:
+            return ("/files/public/f" if service == "weather" else "/v1/f"), [("Authorization", cred)]
+        if choice == 6:
+            return "/files/private/f", [("Authorization", cred if service == "files" else extend(cred, "x=1"))]
+        if choice == 7:
+            return path, [("Authorization", credential(raw[: rng.randrange(len(raw))], pre))]
+        m = mac_of(raw)
+        m.add_first_party_caveat("preimage=" + secrets.token_hex(32))
+        return path, [("Grpc-Metadata-macaroon", raw_of(m).hex())]
+
+    def worker(index: int) -> None:
+        rng = random.Random(seed * 1000 + index)
+        conn = http.client.HTTPConnection("127.0.0.1", gw.listen_port, timeout=10)
+        kinds = [k for k, _ in SOAK_MIX]
+        weights = [w for _, w in SOAK_MIX]
+        while not stop.is_set():
+            kind = rng.choices(kinds, weights)[0]
+            with lock:
+                n = next(seq)
+                cred, service = rng.choice(tokens)
+            tid = token_id(cred)
+            method, should_pass = "GET", False
+            if kind == "buy":
+                try:
+                    new = gw.buy("/v1/forecast")
+                except Exception as e:  # noqa: BLE001
+                    res.errors.append(f"buy: {e!r}")
+                    continue
+                with lock:
+                    tokens.append((new, "weather"))
+                    res.tokens_bought += 1
+                    res.sent[n] = (kind, False, None, 402)
+                continue
+            base = "/v1/f" if service == "weather" else "/files/public/f"
+            if kind == "paid":
+                path, headers, should_pass = base, [("Authorization", cred)], True
+            elif kind == "paid-narrowed":  # a unique, valid header each time: exercises the cache
+                path, should_pass = base, True
+                headers = [("Authorization", extend(cred, f"{service}_valid_until={int(time.time()) + 600}",
+                                                    f"nonce={rng.getrandbits(64):x}"))]
+            elif kind == "paid-grpc":
+                m = mac_of(split(cred)[1])
+                m.add_first_party_caveat(f"preimage={split(cred)[2].hex()}")
+                path, headers, should_pass = base, [("Grpc-Metadata-macaroon", raw_of(m).hex())], True
+            elif kind == "free":
+                path, headers, should_pass, tid = "/health", [("x-l402-token-id", "forged")], True, None
+            elif kind == "no-route":
+                path, headers, tid = "/elsewhere", [("Authorization", cred)], None
+            elif kind == "unauthenticated":
+                path, headers, tid = base, [("x-l402-token-id", tid)], None
+            else:
+                path, headers = forged(rng, cred, service)
+            target = f"{path}?n={n}"
+            status = -1
+            for attempt in range(2):
+                try:
+                    conn.putrequest(method, target, skip_accept_encoding=True)
+                    for k, v in headers:
+                        conn.putheader(k, v)
+                    conn.endheaders()
+                    r = conn.getresponse()
+                    r.read()
+                    status = r.status
+                    if r.getheader("connection", "").lower() == "close":
+                        conn.close()
+                    break
+                except (http.client.HTTPException, OSError) as e:
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", gw.listen_port, timeout=10)
+                    if attempt:
+                        res.errors.append(f"{kind} n={n}: {e!r}")
+            with lock:
+                res.sent[n] = (kind, should_pass, tid, status)
+        conn.close()
+
+    samp = threading.Thread(target=sampler, daemon=True)
+    samp.start()
+    workers = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(threads)]
+    for w in workers:
+        w.start()
+    next_report = 10.0
+    while time.monotonic() - t0 < seconds:
+        time.sleep(0.5)
+        if log and time.monotonic() - t0 >= next_report:
+            log(f"{time.monotonic() - t0:.0f}s: {len(res.sent)} requests, RSS {res.rss[-1][1] // 1024 if res.rss else '?'} MB")
+            next_report += 10.0
+    stop.set()
+    for w in workers:
+        w.join(timeout=15)
+    samp.join(timeout=5)
+    res.duration = time.monotonic() - t0
+    time.sleep(0.5)
+    res.vm_after = {k: v for k, v in gw.envoy.stats().items() if k in VM_STATS + RELOAD_STATS}
+
+    # Judge: the upstream's log is the ground truth.
+    entries = up.requests()
+    res.upstream_entries = len(entries)
+    for e in entries:
+        m = re.search(r"[?&]n=(\d+)", e["path"])
+        sent = res.sent.get(int(m.group(1))) if m else None
+        tids = [v for k, v in e.get("header_list", e["headers"].items()) if k == "x-l402-token-id"]
+        if sent is None or not sent[1]:
+            res.false_accepts.append(e)
+        elif sent[2] is None:
+            if tids or "authorization" in e["headers"]:  # free: no client copy of metering headers
+                res.false_accepts.append(e)
+        elif tids != [sent[2]] or "authorization" in e["headers"]:
+            res.false_accepts.append(e)
+    for n, (kind, should_pass, _, status) in res.sent.items():
+        if should_pass and status != 200:
+            res.false_refusals.append((n, kind, status))
+    return res
