@@ -8,7 +8,7 @@
 mod common;
 
 use l402::config::{Access, Config};
-use l402::gate::{decide, Decision, RequestView, VerifiedCache};
+use l402::gate::{decide, Decision, Refusal, RequestView, VerifiedCache};
 use l402::l402::header::{is_l402_authorization, parse_authorization, parse_macaroon_header};
 use l402::l402::{verify, Requirement};
 use l402::policy;
@@ -60,9 +60,10 @@ fuzz_target!(|data: &[u8]| {
         let need = Requirement { service: &service.name, capabilities: &service.capabilities, now: view.now, method: view.method, path };
         let verified = parsed.map(|p| p.and_then(|credential| verify(&config.secrets, credential, &need)));
         match (&decision, &verified) {
-            (Decision::Paid { token_id, service: paid }, Some(Ok(token))) => {
+            (Decision::Paid { identifier, preimage_proven, service: paid }, Some(Ok(token))) => {
                 assert_eq!(*paid, service);
-                assert_eq!(*token_id, token.identifier.token_id);
+                assert_eq!(*identifier, token.identifier);
+                assert!(*preimage_proven, "every credential of this config carries a preimage");
                 if let Err(why) = common::model_admits(token.caveats(), need.service, need.capabilities, need.now, need.method, need.path) {
                     panic!("Paid, but the caveat model refuses: {why}");
                 }
@@ -74,7 +75,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(*challenged, service);
                 match &verified {
                     Some(Ok(_)) => panic!("verify accepts {:?} / {:?}, but the gate refused: {refusal:?}", view.authorization, view.macaroon),
-                    Some(Err(e)) => assert_eq!(refusal.as_ref(), Some(e), "refusal differs from verify's"),
+                    Some(Err(e)) => assert_eq!(*refusal, Some(Refusal::Token(e.clone())), "refusal differs from verify's"),
                     None => assert_eq!(*refusal, None),
                 }
             }
