@@ -2,9 +2,10 @@
 //! headers and the time: let it through, ask for payment, or refuse it.
 
 use crate::config::{Access, Config, Service, Unmatched};
-use crate::l402::header::{is_l402_authorization, parse_authorization, parse_macaroon_header};
-use crate::l402::{authenticate, Requirement, Token, VerifyError};
+use crate::l402::header::{is_l402_authorization, parse_authorization, parse_macaroon_header, parse_macaroon_only};
+use crate::l402::{authenticate, authenticate_without_preimage, Identifier, Requirement, SecretRing, Token, VerifyError};
 use crate::policy;
+use core::fmt;
 use std::collections::HashMap;
 
 /// The parts of a request the gate reads.
@@ -21,21 +22,77 @@ pub struct RequestView<'a> {
     pub now: u64,
 }
 
+/// Why a credential does not open the route. `code()` is stable: it appears in responses and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Token(VerifyError),
+    /// The token id is on the deny-list.
+    Revoked,
+    /// The token has been used as often as its route allows.
+    UsedUp,
+    /// The node does not report the token's invoice as settled.
+    Unsettled,
+}
+
+impl Refusal {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::Token(e) => e.code(),
+            Refusal::Revoked => "revoked",
+            Refusal::UsedUp => "used_up",
+            Refusal::Unsettled => "unsettled",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Token(e) => e.fmt(f),
+            Refusal::Revoked => write!(f, "token has been revoked"),
+            Refusal::UsedUp => write!(f, "token has been used as many times as it allows"),
+            Refusal::Unsettled => write!(f, "the token's invoice is not paid"),
+        }
+    }
+}
+
+impl From<VerifyError> for Refusal {
+    fn from(e: VerifyError) -> Refusal {
+        Refusal::Token(e)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision<'c> {
     /// A free route, or no route and `unmatched: free`.
     Free,
-    /// A valid credential for the route.
-    Paid { token_id: [u8; 32], service: &'c Service },
+    /// A valid credential for the route. Use limits and settlement checks (strict mode, or a
+    /// credential without preimage) still apply before the request may pass.
+    Paid { identifier: Identifier, preimage_proven: bool, service: &'c Service },
     /// Payment is needed; `refusal` says what was wrong with the credential presented, if any.
-    Challenge { service: &'c Service, refusal: Option<VerifyError> },
+    Challenge { service: &'c Service, refusal: Option<Refusal> },
     /// No route matches and `unmatched: deny`.
     NoRoute,
 }
 
+/// Reads and authenticates one form of credential header.
+type Parser = fn(&SecretRing, &str) -> Result<Token, VerifyError>;
+
+fn with_preimage(ring: &SecretRing, header: &str) -> Result<Token, VerifyError> {
+    authenticate(ring, parse_authorization(header)?)
+}
+
+fn grpc_style(ring: &SecretRing, header: &str) -> Result<Token, VerifyError> {
+    authenticate(ring, parse_macaroon_header(header)?)
+}
+
+fn macaroon_only(ring: &SecretRing, header: &str) -> Result<Token, VerifyError> {
+    authenticate_without_preimage(ring, parse_macaroon_only(header)?)
+}
+
 /// Credentials verified recently, keyed by the exact header text: a hit proves these bytes were
-/// authenticated (signature and preimage), so only the cheap caveat check runs again, with the
-/// current time and route. Bounded: when full it starts over, which keeps memory flat.
+/// authenticated, so only the cheap caveat check runs again, with the current time and route.
+/// Bounded: when full it starts over, which keeps memory flat.
 pub struct VerifiedCache {
     entries: HashMap<Box<str>, Token>,
     capacity: usize,
@@ -54,15 +111,24 @@ impl VerifiedCache {
         self.entries.is_empty()
     }
 
-    fn authenticate(&mut self, config: &Config, header: &str, parse: fn(&str) -> Result<crate::l402::Credential, VerifyError>) -> Result<&Token, VerifyError> {
+    fn authenticate(&mut self, config: &Config, header: &str, parse: Parser) -> Result<&Token, VerifyError> {
         if !self.entries.contains_key(header) {
-            let token = authenticate(&config.secrets, parse(header)?)?;
+            let token = parse(&config.secrets, header)?;
             if self.entries.len() >= self.capacity {
                 self.entries.clear();
             }
             self.entries.insert(header.into(), token);
         }
         self.entries.get(header).ok_or(VerifyError::Malformed("credential cache"))
+    }
+}
+
+/// Which parser reads an `Authorization` value: a preimage, or none where the node may vouch.
+fn authorization_parser(config: &Config, header: &str) -> Parser {
+    if config.node.macaroon_only && !header.contains(':') {
+        macaroon_only
+    } else {
+        with_preimage
     }
 }
 
@@ -86,15 +152,21 @@ pub fn decide<'c>(config: &'c Config, cache: &mut VerifiedCache, request: &Reque
         path,
     };
     let verified = match (request.authorization, request.macaroon) {
-        (Some(header), _) if is_l402_authorization(header) => cache.authenticate(config, header, parse_authorization),
-        (Some(_), Some(header)) | (None, Some(header)) => cache.authenticate(config, header, parse_macaroon_header),
+        (Some(header), _) if is_l402_authorization(header) => {
+            cache.authenticate(config, header, authorization_parser(config, header))
+        }
+        (Some(_), Some(header)) | (None, Some(header)) => cache.authenticate(config, header, grpc_style),
         // Another scheme (Basic, Bearer) is no L402 credential at all.
         (Some(_), None) | (None, None) => return Decision::Challenge { service, refusal: None },
     };
-    match verified.and_then(|token| token.authorize(&need).map(|_| token.identifier.token_id)) {
-        Ok(token_id) => Decision::Paid { token_id, service },
-        Err(refusal) => Decision::Challenge { service, refusal: Some(refusal) },
+    let token = match verified.and_then(|token| token.authorize(&need).map(|_| token)) {
+        Ok(token) => token,
+        Err(refusal) => return Decision::Challenge { service, refusal: Some(refusal.into()) },
+    };
+    if config.revoked.contains(&token.identifier.token_id) {
+        return Decision::Challenge { service, refusal: Some(Refusal::Revoked) };
     }
+    Decision::Paid { identifier: token.identifier, preimage_proven: token.preimage_proven, service }
 }
 
 #[cfg(test)]
@@ -138,7 +210,7 @@ mod tests {
 
     fn paid_token(d: Decision<'_>) -> Option<[u8; 32]> {
         match d {
-            Decision::Paid { token_id, .. } => Some(token_id),
+            Decision::Paid { identifier, .. } => Some(identifier.token_id),
             _ => None,
         }
     }
@@ -201,6 +273,37 @@ mod tests {
         let mut cache = VerifiedCache::new(8);
         let header = authorization(&token(&config, "admin", None));
         assert_eq!(refusal(decide(&config, &mut cache, &view("/admin/x", Some(&header), 0))), Some("capability_missing"));
+    }
+
+    #[test]
+    fn revoked_tokens_are_refused() {
+        let mut json = crate::testing::config_json(json!([{ "match": { "path_prefix": "/v1/" }, "service": "weather", "price_sat": 10 }]));
+        json["revoked"] = json!([hex_encode(&[4; 32])]);
+        let config = Config::parse(json.to_string().as_bytes(), &|_| None).unwrap();
+        let mut cache = VerifiedCache::new(8);
+        let header = authorization(&token(&config, "weather", None));
+        assert_eq!(refusal(decide(&config, &mut cache, &view("/v1/x", Some(&header), 0))), Some("revoked"));
+    }
+
+    #[test]
+    fn a_macaroon_without_preimage_passes_only_in_macaroon_only_mode_and_unproven() {
+        let routes = json!([{ "match": { "path_prefix": "/v1/" }, "service": "weather", "price_sat": 10 }]);
+        let plain = config_with_routes(routes.clone());
+        let header = format!("L402 {}", base64_encode(&token(&plain, "weather", None).encode()));
+        let mut cache = VerifiedCache::new(8);
+        assert_eq!(refusal(decide(&plain, &mut cache, &view("/v1/x", Some(&header), 0))), Some("malformed"));
+
+        let mut json = crate::testing::config_json(routes);
+        json["node"]["strict"] = json!(true);
+        json["node"]["macaroon_only"] = json!(true);
+        let lenient = Config::parse(json.to_string().as_bytes(), &|_| None).unwrap();
+        let mut cache = VerifiedCache::new(8);
+        match decide(&lenient, &mut cache, &view("/v1/x", Some(&header), 0)) {
+            Decision::Paid { preimage_proven, .. } => assert!(!preimage_proven, "the node must still vouch"),
+            other => panic!("expected a paid decision pending settlement, got {other:?}"),
+        }
+        let paid = authorization(&token(&lenient, "weather", None));
+        assert!(matches!(decide(&lenient, &mut cache, &view("/v1/x", Some(&paid), 0)), Decision::Paid { preimage_proven: true, .. }));
     }
 
     #[test]

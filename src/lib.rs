@@ -27,5 +27,6 @@ pub mod lightning;
 pub mod metrics;
 pub mod policy;
 pub mod response;
+pub mod store;
 #[cfg(test)]
 mod testing;

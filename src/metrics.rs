@@ -1,6 +1,7 @@
 //! The filter's counters. Requests only bump plain in-VM counters; the root context publishes the
 //! deltas to the host once a second, so the paid path spends no host call on metrics.
 
+use crate::gate::Refusal;
 use crate::l402::VerifyError;
 use crate::lightning::NodeError;
 use core::cell::Cell;
@@ -37,6 +38,12 @@ counters! {
     CapabilityMissing => "l402_refused_capability_missing",
     CaveatWidened => "l402_refused_caveat_widened",
     Restricted => "l402_refused_restricted",
+    Revoked => "l402_refused_revoked",
+    UsedUp => "l402_refused_used_up",
+    Unsettled => "l402_refused_unsettled",
+    Freebies => "l402_freebies_granted",
+    ChallengesLimited => "l402_challenges_rate_limited",
+    StoreErrors => "l402_store_errors",
     NodeUnreachable => "l402_node_errors_unreachable",
     NodeErrorStatus => "l402_node_errors_status",
     NodeBadResponse => "l402_node_errors_bad_response",
@@ -47,18 +54,24 @@ counters! {
 pub const CALLOUT_LATENCY_MS: &str = "l402_node_callout_ms";
 
 impl Counter {
-    pub fn for_refusal(refusal: Option<&VerifyError>) -> Counter {
-        match refusal {
-            None => Counter::Unauthenticated,
-            Some(VerifyError::Malformed(_)) => Counter::Malformed,
-            Some(VerifyError::UnknownVersion(_)) => Counter::UnknownVersion,
-            Some(VerifyError::BadSignature) => Counter::BadSignature,
-            Some(VerifyError::PreimageMismatch) => Counter::PreimageMismatch,
-            Some(VerifyError::Expired) => Counter::Expired,
-            Some(VerifyError::WrongService) => Counter::WrongService,
-            Some(VerifyError::CapabilityMissing) => Counter::CapabilityMissing,
-            Some(VerifyError::CaveatWidened(_)) => Counter::CaveatWidened,
-            Some(VerifyError::Restricted) => Counter::Restricted,
+    pub fn for_refusal(refusal: Option<&Refusal>) -> Counter {
+        let token_error = match refusal {
+            None => return Counter::Unauthenticated,
+            Some(Refusal::Revoked) => return Counter::Revoked,
+            Some(Refusal::UsedUp) => return Counter::UsedUp,
+            Some(Refusal::Unsettled) => return Counter::Unsettled,
+            Some(Refusal::Token(e)) => e,
+        };
+        match token_error {
+            VerifyError::Malformed(_) => Counter::Malformed,
+            VerifyError::UnknownVersion(_) => Counter::UnknownVersion,
+            VerifyError::BadSignature => Counter::BadSignature,
+            VerifyError::PreimageMismatch => Counter::PreimageMismatch,
+            VerifyError::Expired => Counter::Expired,
+            VerifyError::WrongService => Counter::WrongService,
+            VerifyError::CapabilityMissing => Counter::CapabilityMissing,
+            VerifyError::CaveatWidened(_) => Counter::CaveatWidened,
+            VerifyError::Restricted => Counter::Restricted,
         }
     }
 
@@ -104,7 +117,7 @@ mod tests {
         let pending = Pending::default();
         pending.bump(Counter::Paid);
         pending.bump(Counter::Paid);
-        pending.bump(Counter::for_refusal(Some(&VerifyError::Expired)));
+        pending.bump(Counter::for_refusal(Some(&Refusal::Token(VerifyError::Expired))));
         let drained: Vec<_> = pending.drain().collect();
         assert_eq!(drained, [(Counter::Paid, 2), (Counter::Expired, 1)]);
         assert_eq!(pending.drain().count(), 0);

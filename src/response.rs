@@ -3,13 +3,14 @@
 
 use crate::config::{Config, Service};
 use crate::l402::header::{challenge_from_base64, Scheme};
-use crate::l402::VerifyError;
+use crate::gate::Refusal;
 use crate::lightning::NodeError;
 use serde_json::json;
 
 /// gRPC status codes used when the request is gRPC: its clients read `grpc-status`, not `:status`.
 pub mod grpc {
     pub const PERMISSION_DENIED: u32 = 7;
+    pub const RESOURCE_EXHAUSTED: u32 = 8;
     /// What Aperture answers for payment required.
     pub const INTERNAL: u32 = 13;
     pub const UNAVAILABLE: u32 = 14;
@@ -42,7 +43,7 @@ pub fn is_grpc(content_type: &str) -> bool {
 }
 
 /// 402 with the challenge. Aperture's header order: LSAT (for old clients) first, then L402.
-pub fn payment_required(config: &Config, service: &Service, macaroon_b64: &str, invoice: &str, refusal: Option<&VerifyError>) -> LocalResponse {
+pub fn payment_required(config: &Config, service: &Service, macaroon_b64: &str, invoice: &str, refusal: Option<&Refusal>) -> LocalResponse {
     let mut headers = Vec::with_capacity(5);
     if config.lsat_header {
         headers.push(("www-authenticate", challenge_from_base64(Scheme::Lsat, macaroon_b64, invoice)));
@@ -77,6 +78,17 @@ pub fn gateway_failure(detail: &str) -> LocalResponse {
     json_response(503, body, Vec::new(), (grpc::UNAVAILABLE, "gateway error"))
 }
 
+/// 429: this client network asked for too many invoices; it may retry after `retry_after_s`.
+pub fn too_many_challenges(retry_after_s: u64) -> LocalResponse {
+    let body = json!({
+        "error": "too_many_requests",
+        "reason": "challenge_rate_limited",
+        "detail": "too many unpaid requests from this network; pay an invoice already issued or retry later",
+        "retry_after_s": retry_after_s,
+    });
+    json_response(429, body, vec![("retry-after", retry_after_s.to_string())], (grpc::RESOURCE_EXHAUSTED, "too many unpaid requests"))
+}
+
 /// 403 for a request no route rule covers, under `unmatched: deny`.
 pub fn no_route() -> LocalResponse {
     let body = json!({ "error": "forbidden", "reason": "no_route", "detail": "no route rule covers this request" });
@@ -94,7 +106,7 @@ mod tests {
     fn challenge_has_both_schemes_and_a_json_reason() {
         let config = config_with_routes(json!([{ "match": {}, "service": "weather", "price_msat": 10_500 }]));
         let Access::Paid(service) = &config.routes[0].access else { panic!() };
-        let r = payment_required(&config, service, "TUFD", "lnbc1", Some(&VerifyError::Expired));
+        let r = payment_required(&config, service, "TUFD", "lnbc1", Some(&Refusal::Token(crate::l402::VerifyError::Expired)));
         assert_eq!(r.status, 402);
         let auth: Vec<_> = r.headers.iter().filter(|(k, _)| *k == "www-authenticate").map(|(_, v)| v.as_str()).collect();
         assert_eq!(auth.len(), 2);

@@ -4,13 +4,13 @@
 
 mod routes;
 
-pub use routes::{Access, Glob, HostMatch, PathMatch, Route, Service};
+pub use routes::{Access, Freebies, Glob, HostMatch, PathMatch, Route, Service};
 use routes::RawRoute;
 
-use crate::l402::encoding::hex_decode;
+use crate::l402::encoding::{hex_decode, hex_decode_array};
 use crate::l402::SecretRing;
 use serde::Deserialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 /// Longest invoice description BOLT11 can carry.
@@ -60,6 +60,34 @@ struct RawConfig {
     challenge: RawChallenge,
     #[serde(default)]
     upstream_headers: RawUpstreamHeaders,
+    #[serde(default)]
+    revoked: Vec<String>,
+    challenge_limit: Option<ChallengeLimit>,
+    #[serde(default)]
+    client_network: ClientNetwork,
+}
+
+/// A token bucket per client network on challenge issuance, so an unpaid flood cannot make the
+/// node create unbounded invoices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChallengeLimit {
+    pub burst: u64,
+    pub per_minute: u64,
+}
+
+/// How client addresses are grouped for freebies and challenge limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientNetwork {
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+}
+
+impl Default for ClientNetwork {
+    fn default() -> ClientNetwork {
+        ClientNetwork { ipv4_prefix: 24, ipv6_prefix: 48 }
+    }
 }
 
 #[derive(Deserialize)]
@@ -73,6 +101,10 @@ struct RawNode {
     credential: Source<String>,
     #[serde(default = "default_timeout")]
     timeout_ms: u32,
+    #[serde(default)]
+    strict: bool,
+    #[serde(default)]
+    macaroon_only: bool,
 }
 
 fn default_timeout() -> u32 {
@@ -165,6 +197,10 @@ pub struct Node {
     pub tls: bool,
     pub credential: Secret,
     pub timeout_ms: u32,
+    /// Confirm with the node that the invoice is settled before a token's first use.
+    pub strict: bool,
+    /// Accept `L402 <macaroon>` without a preimage once the node says the invoice is settled.
+    pub macaroon_only: bool,
 }
 
 /// A node credential. It never reaches a log line, even through `{:?}` of the whole config.
@@ -189,6 +225,10 @@ pub struct Config {
     pub upstream_headers: UpstreamHeaders,
     /// Whether any route matches on the host, so `:authority` must be read.
     pub matches_host: bool,
+    /// Token ids refused whatever their signature says.
+    pub revoked: HashSet<[u8; 32]>,
+    pub challenge_limit: Option<ChallengeLimit>,
+    pub client_network: ClientNetwork,
 }
 
 impl Config {
@@ -280,6 +320,9 @@ impl RawConfig {
         if credential.is_empty() || credential.bytes().any(|b| b.is_ascii_control()) {
             return Err(ConfigError::new("node.credential", "must be a non-empty header value"));
         }
+        if node.macaroon_only && !node.strict {
+            return Err(ConfigError::new("node.macaroon_only", "needs node.strict: only the node can tell that such a token was paid"));
+        }
         if node.kind == NodeKind::Lnd && hex_decode(&credential).is_none() {
             return Err(ConfigError::new("node.credential", "an LND credential is the invoice macaroon in hex"));
         }
@@ -314,6 +357,23 @@ impl RawConfig {
         }
 
         let matches_host = routes.iter().any(|r| r.host.is_some());
+        let mut revoked = HashSet::with_capacity(self.revoked.len());
+        for (index, id) in self.revoked.iter().enumerate() {
+            let id = hex_decode_array::<32>(id)
+                .ok_or_else(|| ConfigError::new(format!("revoked[{index}]"), "must be a token id: 32 bytes of hex"))?;
+            revoked.insert(id);
+        }
+        if let Some(limit) = self.challenge_limit {
+            if limit.burst == 0 || limit.per_minute == 0 {
+                return Err(ConfigError::new("challenge_limit", "burst and per_minute must be at least 1"));
+            }
+        }
+        if self.client_network.ipv4_prefix > 32 {
+            return Err(ConfigError::new("client_network.ipv4_prefix", "must be 0-32"));
+        }
+        if self.client_network.ipv6_prefix > 128 {
+            return Err(ConfigError::new("client_network.ipv6_prefix", "must be 0-128"));
+        }
         let upstream_headers = self.upstream_headers.validate()?;
         Ok(Config {
             secrets,
@@ -324,6 +384,8 @@ impl RawConfig {
                 tls: node.tls,
                 credential: Secret(credential),
                 timeout_ms: node.timeout_ms,
+                strict: node.strict,
+                macaroon_only: node.macaroon_only,
             },
             invoice_expiry_s: self.invoice.expiry_s,
             memo: self.invoice.memo,
@@ -332,6 +394,9 @@ impl RawConfig {
             lsat_header: self.challenge.lsat_header,
             upstream_headers,
             matches_host,
+            revoked,
+            challenge_limit: self.challenge_limit,
+            client_network: self.client_network,
         })
     }
 }

@@ -21,6 +21,16 @@ pub(super) struct RawRoute {
     capabilities: Vec<String>,
     #[serde(default)]
     restrict: RawRestrict,
+    uses: Option<u64>,
+    freebies: Option<Freebies>,
+}
+
+/// Requests a client network may make on a route before it is asked to pay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Freebies {
+    pub requests: u64,
+    pub period_s: u64,
 }
 
 #[derive(Deserialize, Default)]
@@ -152,6 +162,9 @@ pub struct Service {
     /// Minted as `<service>_path_prefix` and `<service>_methods` caveats, and enforced.
     pub restrict_path_prefix: Option<String>,
     pub restrict_methods: Vec<String>,
+    /// How many requests one token is good for; `None`: unlimited within its lifetime.
+    pub uses: Option<u64>,
+    pub freebies: Option<Freebies>,
 }
 
 fn method_names(list: Option<Vec<String>>, field: impl Fn(usize) -> String) -> Result<Vec<String>, ConfigError> {
@@ -234,6 +247,14 @@ impl RawRoute {
             let restrict_path_prefix =
                 self.restrict.path_prefix.map(|p| checked_path(p, field("restrict.path_prefix"))).transpose()?;
             let restrict_methods = method_names(self.restrict.methods, |i| field(&format!("restrict.methods[{i}]")))?;
+            if self.uses == Some(0) {
+                return Err(ConfigError::new(field("uses"), "must be at least 1 (omit it for unlimited use)"));
+            }
+            if let Some(f) = self.freebies {
+                if f.requests == 0 || f.period_s == 0 {
+                    return Err(ConfigError::new(field("freebies"), "requests and period_s must be at least 1"));
+                }
+            }
             Access::Paid(Service {
                 name,
                 price_msat,
@@ -241,6 +262,8 @@ impl RawRoute {
                 capabilities: self.capabilities,
                 restrict_path_prefix,
                 restrict_methods,
+                uses: self.uses,
+                freebies: self.freebies,
             })
         };
         Ok(Route { path, methods, host, access })

@@ -2,7 +2,9 @@
 //! would take down the VM for every request on the worker. Every failure here becomes a value.
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, GrpcStatusCode, LogLevel, MapType, MetricType};
+use crate::response::grpc;
+use crate::store::{SharedStore, StoreError};
+use proxy_wasm::types::{BufferType, GrpcStatusCode, LogLevel, MapType, MetricType, Status};
 use std::time::{Duration, UNIX_EPOCH};
 
 /// A request header as text; `Err` when it is present but not valid UTF-8.
@@ -69,8 +71,9 @@ pub fn send_response(status: u32, headers: Vec<(&str, &str)>, body: &[u8]) {
 /// A trailers-only gRPC answer: HTTP 200 with `grpc-status` and `grpc-message`.
 pub fn send_grpc_response(grpc_status: u32, message: &str, headers: Vec<(&str, &[u8])>) {
     let code = match grpc_status {
-        7 => GrpcStatusCode::PermissionDenied,
-        13 => GrpcStatusCode::Internal,
+        grpc::PERMISSION_DENIED => GrpcStatusCode::PermissionDenied,
+        grpc::RESOURCE_EXHAUSTED => GrpcStatusCode::ResourceExhausted,
+        grpc::INTERNAL => GrpcStatusCode::Internal,
         _ => GrpcStatusCode::Unavailable,
     };
     if hostcalls::send_grpc_response(code, Some(message), headers).is_err() {
@@ -95,4 +98,32 @@ pub fn random_token_id() -> Option<[u8; 32]> {
     let mut id = [0u8; 32];
     getrandom::getrandom(&mut id).ok()?;
     Some(id)
+}
+
+/// The host's shared data, seen by every worker of this gateway.
+pub struct HostStore;
+
+impl SharedStore for HostStore {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
+        hostcalls::get_shared_data(key).map_err(|_| StoreError::Unavailable)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        hostcalls::set_shared_data(key, Some(value), cas).map_err(|status| match status {
+            Status::CasMismatch => StoreError::CasMismatch,
+            _ => StoreError::Unavailable,
+        })
+    }
+}
+
+/// The downstream client's address (`ip:port`), as the host reports it.
+pub fn client_address() -> Option<String> {
+    let bytes = hostcalls::get_property(vec!["source", "address"]).ok()??;
+    String::from_utf8(bytes).ok()
+}
+
+pub fn resume_request() {
+    if hostcalls::resume_http_request().is_err() {
+        log(LogLevel::Error, "could not resume the request");
+    }
 }

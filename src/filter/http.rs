@@ -1,41 +1,57 @@
-//! One request: decide, hand paid requests to the upstream, and for a challenge fetch an invoice
-//! from the node and answer 402.
+//! One request through the gate: a paid request is admitted (settlement check and use count where
+//! configured) and handed to the upstream; an unpaid one gets a freebie, a rate-limit answer, or an
+//! invoice from the node and a 402.
 
-use super::host;
+use super::host::{self, HostStore};
 use super::root::Shared;
 use crate::config::{Config, Service};
-use crate::gate::{decide, Decision, RequestView};
+use crate::gate::{decide, Decision, Refusal, RequestView};
 use crate::l402::caveats::{METHODS_SUFFIX, PATH_PREFIX_SUFFIX};
 use crate::l402::encoding::{base64_encode, hex_encode};
-use crate::l402::{mint, Grant, VerifyError};
-use crate::lightning::{invoice_request, parse_invoice, InvoiceOrder, MAX_RESPONSE_BYTES};
+use crate::l402::{mint, Grant, Identifier};
+use crate::lightning::{
+    invoice_request, parse_invoice, parse_settlement, settlement_request, InvoiceOrder, NodeRequest, MAX_RESPONSE_BYTES,
+};
 use crate::metrics::Counter;
 use crate::response::{self, is_grpc, LocalResponse};
+use crate::store::{self, StoreError};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 use std::rc::Rc;
 use std::time::Duration;
 
-/// A challenge waiting for the node's invoice.
-struct Pending {
+/// A paid request on its way in; `from_authorization` tells which header carried the credential.
+#[derive(Clone)]
+struct Admission {
+    identifier: Identifier,
     service: Service,
-    token_id: [u8; 32],
-    refusal: Option<VerifyError>,
-    dispatched: Duration,
+    from_authorization: bool,
+}
+
+/// What a paused request waits for.
+enum Waiting {
+    /// The node's invoice, to answer with a challenge.
+    Invoice { service: Service, token_id: [u8; 32], refusal: Option<Refusal> },
+    /// The node's word that the token's invoice is settled.
+    Settlement(Admission),
 }
 
 pub struct Http {
     shared: Rc<Shared>,
-    pending: Option<Pending>,
+    waiting: Option<(Waiting, Duration)>,
 }
 
 fn header(name: &str) -> Option<String> {
     host::request_header(name).ok().flatten()
 }
 
+fn key(kind: &str, id: &[u8; 32]) -> String {
+    format!("l402.{kind}.{}", hex_encode(id))
+}
+
 impl Http {
     pub fn new(shared: Rc<Shared>) -> Http {
-        Http { shared, pending: None }
+        Http { shared, waiting: None }
     }
 
     fn respond(&self, response: &LocalResponse) {
@@ -48,42 +64,22 @@ impl Http {
         }
     }
 
-    /// The upstream gets the request without the credential (unless configured otherwise) and with
-    /// the metering headers, which replace any copy the client sent.
-    fn hand_off(config: &Config, service: &Service, token_id: &[u8; 32], from_authorization: bool) {
-        let headers = &config.upstream_headers;
-        if headers.strip_credential {
-            if from_authorization {
-                host::remove_request_header("authorization");
-            } else {
-                host::remove_request_header("grpc-metadata-macaroon");
-                host::remove_request_header("macaroon");
-            }
-        }
-        if let Some(name) = &headers.token_id {
-            host::set_request_header(name, &hex_encode(token_id));
-        }
-        if let Some(name) = &headers.service {
-            host::set_request_header(name, &service.name);
-        }
-        if let Some(name) = &headers.price_msat {
-            host::set_request_header(name, &service.price_msat.to_string());
-        }
+    fn store_failure(&self, error: StoreError) {
+        self.shared.count(Counter::StoreErrors);
+        host::log(LogLevel::Warn, &format!("shared store: {error}"));
+        self.respond(&response::gateway_failure("the gateway's shared store is unavailable"));
     }
 
-    /// Asks the node for an invoice; the request stays paused until it answers.
-    fn start_challenge(&mut self, service: Service, refusal: Option<VerifyError>) -> Action {
-        let config = &self.shared.config;
-        let Some(token_id) = host::random_token_id() else {
-            self.shared.count(Counter::GatewayErrors);
-            self.respond(&response::gateway_failure("no randomness available for a token id"));
-            return Action::Pause;
-        };
-        let label = hex_encode(&token_id);
-        let memo = config.memo_for(&service.name);
-        let order = InvoiceOrder { amount_msat: service.price_msat, memo: &memo, expiry_s: config.invoice_expiry_s, label: &label };
-        let node = &config.node;
-        let request = invoice_request(node.kind, &node.credential.0, &order);
+    fn client_network(config: &Config) -> String {
+        let net = &config.client_network;
+        host::client_address()
+            .and_then(|address| store::client_network(&address, net.ipv4_prefix, net.ipv6_prefix))
+            .unwrap_or_else(|| "unknown".to_owned())
+    }
+
+    /// Sends a request to the node; the HTTP request stays paused until it answers.
+    fn call_node(&mut self, request: &NodeRequest, waiting: Waiting) -> Action {
+        let node = &self.shared.config.node;
         let content_length = request.body.len().to_string();
         let mut headers: Vec<(&str, &str)> = vec![
             (":method", request.method),
@@ -95,20 +91,133 @@ impl Http {
         headers.extend(request.headers.iter().map(|(k, v)| (*k, v.as_str())));
         let timeout = Duration::from_millis(u64::from(node.timeout_ms));
         match host::dispatch(&node.upstream, headers, &request.body, timeout) {
-            Ok(_) => {
-                self.pending = Some(Pending { service, token_id, refusal, dispatched: host::now() });
-            }
+            Ok(_) => self.waiting = Some((waiting, host::now())),
             Err(()) => {
                 self.shared.count(Counter::GatewayErrors);
-                host::log(LogLevel::Warn, &format!("could not dispatch the invoice call to {}", node.upstream));
-                self.respond(&response::gateway_failure("the invoice call to the Lightning node could not be dispatched"));
+                host::log(LogLevel::Warn, &format!("could not dispatch the call to the node's upstream {}", node.upstream));
+                self.respond(&response::gateway_failure("the call to the Lightning node could not be dispatched"));
             }
         }
         Action::Pause
     }
 
-    fn challenge_response(config: &Config, pending: &Pending, payment_hash: [u8; 32], invoice: &str) -> LocalResponse {
-        let service = &pending.service;
+    /// A paid request: confirm settlement where required, then count the use and hand it on.
+    fn admit(&mut self, admission: Admission, preimage_proven: bool) -> Action {
+        let config = &self.shared.config;
+        if preimage_proven && !config.node.strict {
+            return self.count_use_and_hand_off(&admission);
+        }
+        match store::flag(&HostStore, &key("settled", &admission.identifier.payment_hash)) {
+            Ok(true) => self.count_use_and_hand_off(&admission),
+            Ok(false) => {
+                let node = &config.node;
+                let request = settlement_request(node.kind, &node.credential.0, &admission.identifier.payment_hash);
+                self.call_node(&request, Waiting::Settlement(admission))
+            }
+            Err(e) => {
+                self.store_failure(e);
+                Action::Pause
+            }
+        }
+    }
+
+    fn count_use_and_hand_off(&mut self, admission: &Admission) -> Action {
+        if let Some(limit) = admission.service.uses {
+            match store::take_one(&HostStore, &key("uses", &admission.identifier.token_id), limit) {
+                Ok(true) => {}
+                Ok(false) => return self.challenge(admission.service.clone(), Some(Refusal::UsedUp)),
+                Err(e) => {
+                    self.store_failure(e);
+                    return Action::Pause;
+                }
+            }
+        }
+        self.shared.count(Counter::Paid);
+        self.hand_off(admission);
+        Action::Continue
+    }
+
+    /// The upstream gets the request without the credential (unless configured otherwise) and with
+    /// the metering headers, which replace any copy the client sent.
+    fn hand_off(&self, admission: &Admission) {
+        let headers = &self.shared.config.upstream_headers;
+        if headers.strip_credential {
+            if admission.from_authorization {
+                host::remove_request_header("authorization");
+            } else {
+                host::remove_request_header("grpc-metadata-macaroon");
+                host::remove_request_header("macaroon");
+            }
+        }
+        if let Some(name) = &headers.token_id {
+            host::set_request_header(name, &hex_encode(&admission.identifier.token_id));
+        }
+        if let Some(name) = &headers.service {
+            host::set_request_header(name, &admission.service.name);
+        }
+        if let Some(name) = &headers.price_msat {
+            host::set_request_header(name, &admission.service.price_msat.to_string());
+        }
+    }
+
+    fn remove_metering_headers(&self) {
+        self.shared.config.upstream_headers.names().for_each(host::remove_request_header);
+    }
+
+    /// An unpaid request: a freebie if the route grants one, a 429 past the challenge limit,
+    /// otherwise an invoice and a 402.
+    fn challenge(&mut self, service: Service, refusal: Option<Refusal>) -> Action {
+        let shared = Rc::clone(&self.shared);
+        let config = &shared.config;
+        shared.count(Counter::for_refusal(refusal.as_ref()));
+        let needs_network = (refusal.is_none() && service.freebies.is_some()) || config.challenge_limit.is_some();
+        let network = if needs_network { Self::client_network(config) } else { String::new() };
+
+        if let (None, Some(freebies)) = (&refusal, service.freebies) {
+            let period = host::now_unix().checked_div(freebies.period_s).unwrap_or(0);
+            let key = format!("l402.free.{}.{network}.{period}", service.name);
+            match store::take_one(&HostStore, &key, freebies.requests) {
+                Ok(true) => {
+                    shared.count(Counter::Freebies);
+                    self.remove_metering_headers();
+                    return Action::Continue;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    self.store_failure(e);
+                    return Action::Pause;
+                }
+            }
+        }
+        if let Some(limit) = config.challenge_limit {
+            let now_ms = u64::try_from(host::now().as_millis()).unwrap_or(u64::MAX);
+            match store::take_token(&HostStore, &format!("l402.limit.{network}"), now_ms, limit.burst, limit.per_minute) {
+                Ok(Ok(())) => {}
+                Ok(Err(retry_after_s)) => {
+                    shared.count(Counter::ChallengesLimited);
+                    self.respond(&response::too_many_challenges(retry_after_s));
+                    return Action::Pause;
+                }
+                Err(e) => {
+                    self.store_failure(e);
+                    return Action::Pause;
+                }
+            }
+        }
+
+        let Some(token_id) = host::random_token_id() else {
+            shared.count(Counter::GatewayErrors);
+            self.respond(&response::gateway_failure("no randomness available for a token id"));
+            return Action::Pause;
+        };
+        let label = hex_encode(&token_id);
+        let memo = config.memo_for(&service.name);
+        let order = InvoiceOrder { amount_msat: service.price_msat, memo: &memo, expiry_s: config.invoice_expiry_s, label: &label };
+        let request = invoice_request(config.node.kind, &config.node.credential.0, &order);
+        self.call_node(&request, Waiting::Invoice { service, token_id, refusal })
+    }
+
+    fn payment_required(config: &Config, service: &Service, token_id: [u8; 32], refusal: Option<&Refusal>, payment_hash: [u8; 32], invoice: &str) -> LocalResponse {
         let mut constraints = Vec::new();
         if let Some(prefix) = &service.restrict_path_prefix {
             constraints.push((format!("{}{PATH_PREFIX_SUFFIX}", service.name), prefix.clone()));
@@ -118,40 +227,59 @@ impl Http {
         }
         let grant = Grant {
             payment_hash,
-            token_id: pending.token_id,
+            token_id,
             service: &service.name,
             capabilities: &service.capabilities,
             valid_until: service.lifetime_s.map(|life| host::now_unix().saturating_add(life)),
             constraints: &constraints,
         };
         let macaroon = base64_encode(&mint(&config.secrets, &grant).encode());
-        response::payment_required(config, service, &macaroon, invoice, pending.refusal.as_ref())
+        response::payment_required(config, service, &macaroon, invoice, refusal)
+    }
+
+    fn node_failed(&self, error: &crate::lightning::NodeError) {
+        self.shared.count(Counter::for_node_error(error));
+        host::log(LogLevel::Warn, &format!("node call failed: {error}"));
+        self.respond(&response::node_failure(error));
     }
 }
 
 impl Context for Http {
     fn on_http_call_response(&mut self, _token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
-        let Some(pending) = self.pending.take() else { return };
+        let Some((waiting, dispatched)) = self.waiting.take() else { return };
         let shared = Rc::clone(&self.shared);
         let config = &shared.config;
         if let Some(id) = shared.latency_metric {
-            let elapsed = host::now().saturating_sub(pending.dispatched);
+            let elapsed = host::now().saturating_sub(dispatched);
             host::record_metric(id, u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
         }
         let status = host::call_response_status();
         let body = if body_size > MAX_RESPONSE_BYTES { vec![0; MAX_RESPONSE_BYTES + 1] } else { host::call_response_body(body_size) };
-        let reply = match parse_invoice(config.node.kind, status, &body) {
-            Ok(invoice) => {
-                shared.count(Counter::ChallengesIssued);
-                Self::challenge_response(config, &pending, invoice.payment_hash, &invoice.bolt11)
-            }
-            Err(error) => {
-                shared.count(Counter::for_node_error(&error));
-                host::log(LogLevel::Warn, &format!("invoice call failed: {error}"));
-                response::node_failure(&error)
-            }
-        };
-        self.respond(&reply);
+        match waiting {
+            Waiting::Invoice { service, token_id, refusal } => match parse_invoice(config.node.kind, status, &body) {
+                Ok(invoice) => {
+                    shared.count(Counter::ChallengesIssued);
+                    let reply = Self::payment_required(config, &service, token_id, refusal.as_ref(), invoice.payment_hash, &invoice.bolt11);
+                    self.respond(&reply);
+                }
+                Err(error) => self.node_failed(&error),
+            },
+            Waiting::Settlement(admission) => match parse_settlement(config.node.kind, status, &body) {
+                Ok(true) => {
+                    if let Err(e) = store::set_flag(&HostStore, &key("settled", &admission.identifier.payment_hash)) {
+                        self.store_failure(e);
+                        return;
+                    }
+                    if let Action::Continue = self.count_use_and_hand_off(&admission) {
+                        host::resume_request();
+                    }
+                }
+                Ok(false) => {
+                    self.challenge(admission.service, Some(Refusal::Unsettled));
+                }
+                Err(error) => self.node_failed(&error),
+            },
+        }
     }
 }
 
@@ -183,23 +311,19 @@ impl HttpContext for Http {
         match decision {
             Decision::Free => {
                 shared.count(Counter::Free);
-                config.upstream_headers.names().for_each(host::remove_request_header);
+                self.remove_metering_headers();
                 Action::Continue
             }
-            Decision::Paid { token_id, service } => {
-                shared.count(Counter::Paid);
-                Self::hand_off(config, service, &token_id, authorization.is_some());
-                Action::Continue
+            Decision::Paid { identifier, preimage_proven, service } => {
+                let admission = Admission { identifier, service: service.clone(), from_authorization: authorization.is_some() };
+                self.admit(admission, preimage_proven)
             }
             Decision::NoRoute => {
                 shared.count(Counter::NoRoute);
                 self.respond(&response::no_route());
                 Action::Pause
             }
-            Decision::Challenge { service, refusal } => {
-                shared.count(Counter::for_refusal(refusal.as_ref()));
-                self.start_challenge(service.clone(), refusal)
-            }
+            Decision::Challenge { service, refusal } => self.challenge(service.clone(), refusal),
         }
     }
 }

@@ -67,6 +67,20 @@ fn decode_base64_macaroon(text: &str) -> Result<Macaroon, VerifyError> {
     Ok(Macaroon::decode(&bytes)?)
 }
 
+/// Parses `Authorization: L402 <macaroon>` presented without a preimage, for wallets that do not
+/// reveal preimages (accepted only where the node confirms the payment).
+pub fn parse_macaroon_only(value: &str) -> Result<Macaroon, VerifyError> {
+    if value.len() > MAX_CREDENTIAL_HEADER {
+        return Err(VerifyError::Malformed("credential header too long"));
+    }
+    let rest = scheme_rest(value).ok_or(VerifyError::Malformed("not an L402 or LSAT credential"))?;
+    let rest = rest.trim();
+    if rest.contains([':', ',']) {
+        return Err(VerifyError::Malformed("expected a single macaroon"));
+    }
+    decode_base64_macaroon(rest)
+}
+
 /// Parses the gRPC-style `Grpc-Metadata-macaroon` / `Macaroon` header: a hex macaroon holding exactly
 /// one `preimage=<hex>` caveat.
 pub fn parse_macaroon_header(value: &str) -> Result<Credential, VerifyError> {
@@ -157,6 +171,15 @@ mod tests {
         for header in cases {
             assert!(matches!(parse_authorization(&header), Err(VerifyError::Malformed(_))), "{header}");
         }
+    }
+
+    #[test]
+    fn parses_a_macaroon_without_preimage() {
+        let std = base64_encode(&mac().encode());
+        assert_eq!(parse_macaroon_only(&format!("L402 {std}")), Ok(mac()));
+        assert!(parse_macaroon_only(&format!("L402 {std}:{}", "ab".repeat(32))).is_err());
+        assert!(parse_macaroon_only(&format!("L402 {std},{std}")).is_err());
+        assert!(parse_macaroon_only("Bearer x").is_err());
     }
 
     #[test]

@@ -9,8 +9,8 @@ pub mod macaroon;
 pub mod token;
 
 pub use caveats::Requirement;
-pub use header::{challenge, parse_authorization, parse_macaroon_header, Scheme};
+pub use header::{challenge, parse_authorization, parse_macaroon_header, parse_macaroon_only, Scheme};
 pub use identifier::Identifier;
 pub use keys::SecretRing;
 pub use macaroon::Macaroon;
-pub use token::{authenticate, mint, verify, Credential, Grant, Token, VerifyError};
+pub use token::{authenticate, authenticate_without_preimage, mint, verify, Credential, Grant, Token, VerifyError};

@@ -137,10 +137,13 @@ pub struct Credential {
     pub preimage: [u8; 32],
 }
 
-/// A token whose payment and signature are proven; its caveats still have to be checked per request.
+/// A token whose signature (and, with a preimage, payment) is proven; its caveats still have to be
+/// checked per request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
     pub identifier: Identifier,
+    /// Whether a preimage proved the payment; otherwise only the node can tell.
+    pub preimage_proven: bool,
     caveats: Vec<String>,
 }
 
@@ -158,16 +161,27 @@ impl Token {
 /// Proves the credential in Aperture's order: identifier, preimage, then the signature under each
 /// secret of the ring. Hashes and signatures compare in constant time.
 pub fn authenticate(ring: &SecretRing, credential: Credential) -> Result<Token, VerifyError> {
-    let mac = credential.macaroon;
+    prove(ring, credential.macaroon, Some(credential.preimage))
+}
+
+/// Proves only the signature of a macaroon presented without a preimage (wallets that do not reveal
+/// preimages); the payment must then be confirmed with the node.
+pub fn authenticate_without_preimage(ring: &SecretRing, macaroon: Macaroon) -> Result<Token, VerifyError> {
+    prove(ring, macaroon, None)
+}
+
+fn prove(ring: &SecretRing, mac: Macaroon, preimage: Option<[u8; 32]>) -> Result<Token, VerifyError> {
     // The location is outside the signature chain; accepting only Aperture's keeps every byte of
     // a token meaningful.
     if mac.location().is_some_and(|l| l != LOCATION.as_bytes()) {
         return Err(VerifyError::Malformed("macaroon location is not lsat"));
     }
     let identifier = Identifier::decode(mac.identifier())?;
-    let hash: [u8; 32] = Sha256::digest(credential.preimage).into();
-    if !bool::from(hash.ct_eq(&identifier.payment_hash)) {
-        return Err(VerifyError::PreimageMismatch);
+    if let Some(preimage) = preimage {
+        let hash: [u8; 32] = Sha256::digest(preimage).into();
+        if !bool::from(hash.ct_eq(&identifier.payment_hash)) {
+            return Err(VerifyError::PreimageMismatch);
+        }
     }
     // Every secret is tried, so timing does not tell which one signed.
     let mut valid = false;
@@ -177,7 +191,7 @@ pub fn authenticate(ring: &SecretRing, credential: Credential) -> Result<Token, 
     if !valid {
         return Err(VerifyError::BadSignature);
     }
-    Ok(Token { identifier, caveats: mac.caveats().to_vec() })
+    Ok(Token { identifier, preimage_proven: preimage.is_some(), caveats: mac.caveats().to_vec() })
 }
 
 /// Authenticates and authorizes in one step.

@@ -33,6 +33,30 @@ pub fn parse_created(body: &[u8]) -> Result<Invoice, NodeError> {
     Ok(Invoice { payment_hash, bolt11: answer.bolt11 })
 }
 
+pub fn list_invoices(rune: &str, payment_hash_hex: &str) -> NodeRequest {
+    NodeRequest {
+        method: "POST",
+        path: "/v1/listinvoices".to_owned(),
+        headers: vec![("rune", rune.to_owned()), ("content-type", "application/json".to_owned())],
+        body: json_body(&json!({ "payment_hash": payment_hash_hex })),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListInvoices {
+    invoices: Vec<ListedInvoice>,
+}
+
+#[derive(Deserialize)]
+struct ListedInvoice {
+    status: String,
+}
+
+pub fn parse_settled(body: &[u8]) -> Result<bool, NodeError> {
+    let answer: ListInvoices = parse_json(body)?;
+    Ok(answer.invoices.iter().any(|i| i.status == "paid"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,6 +69,17 @@ mod tests {
         assert!(req.headers.contains(&("rune", "rune-text".to_owned())));
         let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
         assert_eq!(body, json!({"amount_msat": 1500, "label": "ab12", "description": "m", "expiry": 60}));
+    }
+
+    #[test]
+    fn reads_the_invoice_status() {
+        let req = list_invoices("r", "ab");
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&req.body).unwrap(), json!({"payment_hash": "ab"}));
+        assert_eq!(parse_settled(br#"{"invoices":[{"status":"paid","label":"x"}]}"#), Ok(true));
+        assert_eq!(parse_settled(br#"{"invoices":[{"status":"unpaid"}]}"#), Ok(false));
+        assert_eq!(parse_settled(br#"{"invoices":[{"status":"expired"}]}"#), Ok(false));
+        assert_eq!(parse_settled(br#"{"invoices":[]}"#), Ok(false));
+        assert!(parse_settled(b"[]").is_err());
     }
 
     #[test]

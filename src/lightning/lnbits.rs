@@ -38,6 +38,26 @@ pub fn parse_created(body: &[u8]) -> Result<Invoice, NodeError> {
     Ok(Invoice { payment_hash, bolt11 })
 }
 
+pub fn payment_status(invoice_key: &str, payment_hash_hex: &str) -> NodeRequest {
+    NodeRequest {
+        method: "GET",
+        path: format!("/api/v1/payments/{payment_hash_hex}"),
+        headers: vec![("x-api-key", invoice_key.to_owned())],
+        body: Vec::new(),
+    }
+}
+
+#[derive(Deserialize)]
+struct PaymentStatus {
+    paid: bool,
+}
+
+/// Trusts `paid`, never `preimage` (LNbits on some funding sources reports all-zero preimages).
+pub fn parse_settled(body: &[u8]) -> Result<bool, NodeError> {
+    let answer: PaymentStatus = parse_json(body)?;
+    Ok(answer.paid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,6 +70,14 @@ mod tests {
         assert!(req.headers.contains(&("x-api-key", "inkey".to_owned())));
         let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
         assert_eq!(body, json!({"out": false, "amount": 21, "memo": "m", "expiry": 600}));
+    }
+
+    #[test]
+    fn reads_paid_not_the_preimage() {
+        assert_eq!(payment_status("k", "ab").path, "/api/v1/payments/ab");
+        assert_eq!(parse_settled(br#"{"paid":true,"preimage":"00"}"#), Ok(true));
+        assert_eq!(parse_settled(br#"{"paid":false,"preimage":"ff"}"#), Ok(false));
+        assert!(parse_settled(br#"{"status":"pending"}"#).is_err());
     }
 
     #[test]

@@ -34,6 +34,26 @@ pub fn parse_created(body: &[u8]) -> Result<Invoice, NodeError> {
     Ok(Invoice { payment_hash, bolt11: answer.payment_request })
 }
 
+pub fn lookup_invoice(macaroon_hex: &str, payment_hash_hex: &str) -> NodeRequest {
+    NodeRequest {
+        method: "GET",
+        path: format!("/v1/invoice/{payment_hash_hex}"),
+        headers: vec![("grpc-metadata-macaroon", macaroon_hex.to_owned())],
+        body: Vec::new(),
+    }
+}
+
+#[derive(Deserialize)]
+struct LookupResponse {
+    state: String,
+}
+
+/// `SETTLED` is the only state of a paid invoice (`ACCEPTED` is a held one, not yet paid).
+pub fn parse_settled(body: &[u8]) -> Result<bool, NodeError> {
+    let answer: LookupResponse = parse_json(body)?;
+    Ok(answer.state == "SETTLED")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,6 +66,15 @@ mod tests {
         assert!(req.headers.contains(&("grpc-metadata-macaroon", "0201".to_owned())));
         let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
         assert_eq!(body, json!({"value_msat": "10000", "memo": "weather \"access\"", "expiry": "600"}));
+    }
+
+    #[test]
+    fn reads_the_invoice_state() {
+        assert_eq!(lookup_invoice("0201", "ab").path, "/v1/invoice/ab");
+        assert_eq!(parse_settled(br#"{"state":"SETTLED","settled":true}"#), Ok(true));
+        assert_eq!(parse_settled(br#"{"state":"OPEN","r_preimage":"AAAA"}"#), Ok(false));
+        assert_eq!(parse_settled(br#"{"state":"ACCEPTED"}"#), Ok(false));
+        assert!(parse_settled(b"{}").is_err());
     }
 
     #[test]

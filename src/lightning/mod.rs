@@ -77,6 +77,35 @@ pub fn invoice_request(kind: NodeKind, credential: &str, order: &InvoiceOrder<'_
     }
 }
 
+/// The request asking whether the invoice with this payment hash is settled.
+pub fn settlement_request(kind: NodeKind, credential: &str, payment_hash: &[u8; 32]) -> NodeRequest {
+    let hash = crate::l402::encoding::hex_encode(payment_hash);
+    match kind {
+        NodeKind::Lnd => lnd::lookup_invoice(credential, &hash),
+        NodeKind::Cln => cln::list_invoices(credential, &hash),
+        NodeKind::Lnbits => lnbits::payment_status(credential, &hash),
+    }
+}
+
+/// Reads the answer to [`settlement_request`]: whether the invoice is paid. An invoice the node
+/// does not know is not paid.
+pub fn parse_settlement(kind: NodeKind, status: Option<u32>, body: &[u8]) -> Result<bool, NodeError> {
+    match status {
+        None | Some(502..=504) => return Err(NodeError::Unreachable),
+        Some(404) => return Ok(false),
+        Some(200..=299) => {}
+        Some(other) => return Err(NodeError::Status(other)),
+    }
+    if body.len() > MAX_RESPONSE_BYTES {
+        return Err(NodeError::BadResponse("response too large"));
+    }
+    match kind {
+        NodeKind::Lnd => lnd::parse_settled(body),
+        NodeKind::Cln => cln::parse_settled(body),
+        NodeKind::Lnbits => lnbits::parse_settled(body),
+    }
+}
+
 /// Reads the node's answer to [`invoice_request`]; `status` is `None` when the host saw no response.
 ///
 /// Envoy answers a failed callout itself (connection refused or reset, TLS failure: 503; timeout:
