@@ -346,10 +346,6 @@ def paid_requests_valid(log: list[dict[str, Any]], valid_token_ids: Mapping[str,
     return bad
 
 
-def json_dump(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True)
-
-
 def wait_until(cond: Callable[[], bool], timeout: float = 10.0, step: float = 0.2) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

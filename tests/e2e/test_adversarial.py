@@ -13,7 +13,6 @@ Routes of the gateway (attacks.ROUTES): /health free, /v1/ weather, /admin/ admi
 from __future__ import annotations
 
 import base64
-import hashlib
 import secrets
 import time
 from dataclasses import dataclass, field as dc_field
