@@ -75,60 +75,71 @@ pub enum Decision<'c> {
     NoRoute,
 }
 
-/// Reads and authenticates one form of credential header.
-type Parser = fn(&SecretRing, &str) -> Result<Token, VerifyError>;
-
-fn with_preimage(ring: &SecretRing, header: &str) -> Result<Token, VerifyError> {
-    authenticate(ring, parse_authorization(header)?)
+/// The forms a credential comes in; the same text means different things in each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// `Authorization: L402 <macaroon>:<preimage>`
+    WithPreimage,
+    /// `Authorization: L402 <macaroon>`, where the node vouches for the payment.
+    MacaroonOnly,
+    /// `Grpc-Metadata-macaroon` / `Macaroon: <hex>` with a `preimage=` caveat.
+    Grpc,
 }
 
-fn grpc_style(ring: &SecretRing, header: &str) -> Result<Token, VerifyError> {
-    authenticate(ring, parse_macaroon_header(header)?)
+const FORMS: usize = 3;
+
+impl Form {
+    fn authenticate(self, ring: &SecretRing, header: &str) -> Result<Token, VerifyError> {
+        match self {
+            Form::WithPreimage => authenticate(ring, parse_authorization(header)?),
+            Form::MacaroonOnly => authenticate_without_preimage(ring, parse_macaroon_only(header)?),
+            Form::Grpc => authenticate(ring, parse_macaroon_header(header)?),
+        }
+    }
 }
 
-fn macaroon_only(ring: &SecretRing, header: &str) -> Result<Token, VerifyError> {
-    authenticate_without_preimage(ring, parse_macaroon_only(header)?)
-}
-
-/// Credentials verified recently, keyed by the exact header text: a hit proves these bytes were
-/// authenticated, so only the cheap caveat check runs again, with the current time and route.
-/// Bounded: when full it starts over, which keeps memory flat.
+/// Credentials verified recently, keyed by their form and exact header text: a hit proves these
+/// bytes were authenticated in this form, so only the cheap caveat check runs again, with the
+/// current time and route. Bounded: when full it starts over, which keeps memory flat.
 pub struct VerifiedCache {
-    entries: HashMap<Box<str>, Token>,
+    entries: [HashMap<Box<str>, Token>; FORMS],
     capacity: usize,
 }
 
 impl VerifiedCache {
     pub fn new(capacity: usize) -> VerifiedCache {
-        VerifiedCache { entries: HashMap::with_capacity(capacity.min(1024)), capacity }
+        VerifiedCache { entries: Default::default(), capacity }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.iter().map(HashMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.iter().all(HashMap::is_empty)
     }
 
-    fn authenticate(&mut self, config: &Config, header: &str, parse: Parser) -> Result<&Token, VerifyError> {
-        if !self.entries.contains_key(header) {
-            let token = parse(&config.secrets, header)?;
-            if self.entries.len() >= self.capacity {
-                self.entries.clear();
+    fn authenticate(&mut self, config: &Config, header: &str, form: Form) -> Result<&Token, VerifyError> {
+        let cached = self.entries.get(form as usize).is_some_and(|entries| entries.contains_key(header));
+        if !cached {
+            let token = form.authenticate(&config.secrets, header)?;
+            if self.len() >= self.capacity {
+                self.entries.iter_mut().for_each(HashMap::clear);
             }
-            self.entries.insert(header.into(), token);
+            if let Some(entries) = self.entries.get_mut(form as usize) {
+                entries.insert(header.into(), token);
+            }
         }
-        self.entries.get(header).ok_or(VerifyError::Malformed("credential cache"))
+        self.entries.get(form as usize).and_then(|entries| entries.get(header)).ok_or(VerifyError::Malformed("credential cache"))
     }
 }
 
-/// Which parser reads an `Authorization` value: a preimage, or none where the node may vouch.
-fn authorization_parser(config: &Config, header: &str) -> Parser {
+/// How an `Authorization` value is read: with a preimage, or without where the node may vouch.
+fn authorization_form(config: &Config, header: &str) -> Form {
     if config.node.macaroon_only && !header.contains(':') {
-        macaroon_only
+        Form::MacaroonOnly
     } else {
-        with_preimage
+        Form::WithPreimage
     }
 }
 
@@ -153,9 +164,9 @@ pub fn decide<'c>(config: &'c Config, cache: &mut VerifiedCache, request: &Reque
     };
     let verified = match (request.authorization, request.macaroon) {
         (Some(header), _) if is_l402_authorization(header) => {
-            cache.authenticate(config, header, authorization_parser(config, header))
+            cache.authenticate(config, header, authorization_form(config, header))
         }
-        (Some(_), Some(header)) | (None, Some(header)) => cache.authenticate(config, header, grpc_style),
+        (Some(_), Some(header)) | (None, Some(header)) => cache.authenticate(config, header, Form::Grpc),
         // Another scheme (Basic, Bearer) is no L402 credential at all.
         (Some(_), None) | (None, None) => return Decision::Challenge { service, refusal: None },
     };
