@@ -40,7 +40,7 @@ impl fmt::Display for ConfigError {
 /// A value given inline or named by an environment variable (Envoy passes those to the VM with
 /// `vm_config.environment_variables.host_env_keys`).
 #[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, deny_unknown_fields)]
 enum Source<T> {
     Inline(T),
     Env { env: String },
@@ -234,6 +234,9 @@ pub struct Config {
 impl Config {
     /// Parses and validates a config; `env` resolves `{"env": NAME}` sources.
     pub fn parse(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let document: serde_json::Value =
+            serde_json::from_slice(json).map_err(|e| ConfigError::new("config", e.to_string()))?;
+        check_lists(&document, "", "")?;
         let mut deserializer = serde_json::Deserializer::from_slice(json);
         let raw: RawConfig = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
             let path = e.path().to_string();
@@ -246,6 +249,30 @@ impl Config {
     /// The memo for a service's invoice.
     pub fn memo_for(&self, service: &str) -> String {
         self.memo.replace("{service}", service)
+    }
+}
+
+/// Where the configuration has lists; anywhere else a list is refused, because serde would read an
+/// object's fields from a list in order and accept `"node": ["lnd", …]`.
+const LIST_FIELDS: [&str; 6] =
+    ["secrets", "routes", "routes[].match.methods", "routes[].capabilities", "routes[].restrict.methods", "revoked"];
+
+/// `shape` is the path with list indices left out (`routes[].match`), `path` the one to report.
+fn check_lists(value: &serde_json::Value, shape: &str, path: &str) -> Result<(), ConfigError> {
+    match value {
+        serde_json::Value::Array(items) => {
+            if !LIST_FIELDS.contains(&shape) {
+                let field = if path.is_empty() { "config" } else { path };
+                return Err(ConfigError::new(field, "must not be a list"));
+            }
+            let shape = format!("{shape}[]");
+            items.iter().enumerate().try_for_each(|(i, item)| check_lists(item, &shape, &format!("{path}[{i}]")))
+        }
+        serde_json::Value::Object(fields) => fields.iter().try_for_each(|(name, field)| {
+            let join = |prefix: &str| if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+            check_lists(field, &join(shape), &join(path))
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -482,6 +509,15 @@ mod tests {
         let mut expiry = base();
         expiry["invoice"] = json!({"expiry_s": 0});
         assert_eq!(error_field(&expiry), "invoice.expiry_s");
+        let mut listed = base();
+        listed["node"] = json!(["cln", "node", "node:3010", false, "rune"]);
+        assert_eq!(error_field(&listed), "node");
+        let mut restrict_list = base();
+        restrict_list["routes"][1]["restrict"] = json!(["/v1/"]);
+        assert_eq!(error_field(&restrict_list), "routes[1].restrict");
+        let mut env_extra = base();
+        env_extra["node"]["credential"] = json!({"env": "X", "note": 1});
+        assert_eq!(error_field(&env_extra), "node.credential");
         let mut no_routes = base();
         no_routes["routes"] = json!([]);
         assert_eq!(error_field(&no_routes), "routes");
