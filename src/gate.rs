@@ -2,6 +2,7 @@
 //! headers and the time: let it through, ask for payment, or refuse it.
 
 use crate::config::{Access, Config, Service, Unmatched};
+use crate::l402::caveats;
 use crate::l402::header::{is_l402_authorization, parse_authorization, parse_macaroon_header, parse_macaroon_only};
 use crate::l402::{authenticate, authenticate_without_preimage, Identifier, Requirement, SecretRing, Token, VerifyError};
 use crate::policy;
@@ -68,7 +69,7 @@ pub enum Decision<'c> {
     Free,
     /// A valid credential for the route. Use limits and settlement checks (strict mode, or a
     /// credential without preimage) still apply before the request may pass.
-    Paid { identifier: Identifier, preimage_proven: bool, service: &'c Service },
+    Paid { identifier: Identifier, preimage_proven: bool, service: &'c Service, price_msat: Option<u64> },
     /// Payment is needed; `refusal` says what was wrong with the credential presented, if any.
     Challenge { service: &'c Service, refusal: Option<Refusal> },
     /// No route matches and `unmatched: deny`.
@@ -177,7 +178,13 @@ pub fn decide<'c>(config: &'c Config, cache: &mut VerifiedCache, request: &Reque
     if config.revoked.contains(&token.identifier.token_id) {
         return Decision::Challenge { service, refusal: Some(Refusal::Revoked) };
     }
-    Decision::Paid { identifier: token.identifier, preimage_proven: token.preimage_proven, service }
+    // A dynamically priced token carries the price it was bought at.
+    let price_msat = if service.dynamic_price {
+        caveats::first_value(token.caveats(), &service.name, caveats::PRICE_SUFFIX).and_then(|v| v.parse().ok())
+    } else {
+        service.price_msat
+    };
+    Decision::Paid { identifier: token.identifier, preimage_proven: token.preimage_proven, service, price_msat }
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@
     )
 )]
 
+pub mod callout;
 pub mod config;
 #[cfg(target_arch = "wasm32")]
 mod filter;
@@ -26,6 +27,7 @@ pub mod gate;
 pub mod lightning;
 pub mod metrics;
 pub mod policy;
+pub mod pricing;
 pub mod response;
 pub mod store;
 #[cfg(test)]

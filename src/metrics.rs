@@ -44,6 +44,7 @@ counters! {
     Freebies => "l402_freebies_granted",
     ChallengesLimited => "l402_challenges_rate_limited",
     StoreErrors => "l402_store_errors",
+    PricingErrors => "l402_pricing_errors",
     NodeUnreachable => "l402_node_errors_unreachable",
     NodeErrorStatus => "l402_node_errors_status",
     NodeBadResponse => "l402_node_errors_bad_response",

@@ -1,7 +1,7 @@
 //! The responses the filter answers with itself, and the one place where every refusal and failure
 //! gets its HTTP status.
 
-use crate::config::{Config, Service};
+use crate::config::Config;
 use crate::l402::header::{challenge_from_base64, Scheme};
 use crate::gate::Refusal;
 use crate::lightning::NodeError;
@@ -42,8 +42,18 @@ pub fn is_grpc(content_type: &str) -> bool {
     content_type.get(..16).is_some_and(|p| p.eq_ignore_ascii_case("application/grpc"))
 }
 
+/// What a challenge offers: the service, its price and the invoice to pay.
+pub struct Offer<'a> {
+    pub service: &'a str,
+    pub price_msat: u64,
+    pub macaroon_b64: &'a str,
+    pub invoice: &'a str,
+    pub expiry_s: u32,
+}
+
 /// 402 with the challenge. Aperture's header order: LSAT (for old clients) first, then L402.
-pub fn payment_required(config: &Config, service: &Service, macaroon_b64: &str, invoice: &str, refusal: Option<&Refusal>) -> LocalResponse {
+pub fn payment_required(config: &Config, offer: &Offer<'_>, refusal: Option<&Refusal>) -> LocalResponse {
+    let Offer { service, price_msat, macaroon_b64, invoice, expiry_s } = *offer;
     let mut headers = Vec::with_capacity(5);
     if config.lsat_header {
         headers.push(("www-authenticate", challenge_from_base64(Scheme::Lsat, macaroon_b64, invoice)));
@@ -58,10 +68,11 @@ pub fn payment_required(config: &Config, service: &Service, macaroon_b64: &str, 
         "error": "payment_required",
         "reason": reason,
         "detail": detail,
-        "service": service.name,
-        "price_msat": service.price_msat,
-        "price_sat": service.price_msat.div_ceil(1000),
+        "service": service,
+        "price_msat": price_msat,
+        "price_sat": price_msat.div_ceil(1000),
         "invoice": invoice,
+        "invoice_expires_in_s": expiry_s,
     });
     json_response(402, body, headers, (grpc::INTERNAL, "payment required"))
 }
@@ -70,6 +81,13 @@ pub fn payment_required(config: &Config, service: &Service, macaroon_b64: &str, 
 pub fn node_failure(error: &NodeError) -> LocalResponse {
     let body = json!({ "error": "node_unavailable", "reason": error.code(), "detail": error.to_string() });
     json_response(503, body, vec![("retry-after", "5".to_owned())], (grpc::UNAVAILABLE, "lightning node unavailable"))
+}
+
+/// 503: the route's price comes from the pricing endpoint, which failed, and the route has no
+/// static price to fall back on.
+pub fn pricing_failure(error: &NodeError) -> LocalResponse {
+    let body = json!({ "error": "pricing_unavailable", "reason": "pricing_unavailable", "detail": format!("the pricing endpoint failed ({})", error.code()) });
+    json_response(503, body, vec![("retry-after", "5".to_owned())], (grpc::UNAVAILABLE, "pricing unavailable"))
 }
 
 /// 503 for a failure inside the gateway itself (e.g. the host could not dispatch the callout).
@@ -98,15 +116,14 @@ pub fn no_route() -> LocalResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Access;
     use crate::testing::config_with_routes;
     use serde_json::Value;
 
     #[test]
     fn challenge_has_both_schemes_and_a_json_reason() {
         let config = config_with_routes(json!([{ "match": {}, "service": "weather", "price_msat": 10_500 }]));
-        let Access::Paid(service) = &config.routes[0].access else { panic!() };
-        let r = payment_required(&config, service, "TUFD", "lnbc1", Some(&Refusal::Token(crate::l402::VerifyError::Expired)));
+        let offer = Offer { service: "weather", price_msat: 10_500, macaroon_b64: "TUFD", invoice: "lnbc1", expiry_s: 600 };
+        let r = payment_required(&config, &offer, Some(&Refusal::Token(crate::l402::VerifyError::Expired)));
         assert_eq!(r.status, 402);
         let auth: Vec<_> = r.headers.iter().filter(|(k, _)| *k == "www-authenticate").map(|(_, v)| v.as_str()).collect();
         assert_eq!(auth.len(), 2);
@@ -116,6 +133,7 @@ mod tests {
         let body: Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(body["reason"], "expired");
         assert_eq!(body["price_sat"], 11);
+        assert_eq!(body["invoice_expires_in_s"], 600);
     }
 
     #[test]

@@ -65,6 +65,72 @@ struct RawConfig {
     challenge_limit: Option<ChallengeLimit>,
     #[serde(default)]
     client_network: ClientNetwork,
+    pricing: Option<RawPricing>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPricing {
+    upstream: String,
+    authority: String,
+    path: String,
+    #[serde(default)]
+    tls: bool,
+    #[serde(default = "default_pricing_timeout")]
+    timeout_ms: u32,
+    #[serde(default = "default_pricing_cache")]
+    cache_s: u64,
+    #[serde(default)]
+    headers: Vec<String>,
+    #[serde(default)]
+    on_error: PricingFallback,
+}
+
+fn default_pricing_timeout() -> u32 {
+    1000
+}
+
+fn default_pricing_cache() -> u64 {
+    60
+}
+
+/// What a dynamically priced route does when the pricing endpoint fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PricingFallback {
+    /// Answer 503: no invoice without a price.
+    #[default]
+    Deny,
+    /// Invoice at the route's static price.
+    Static,
+}
+
+/// The operator's pricing endpoint, for routes with `dynamic_price`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pricing {
+    pub endpoint: Endpoint,
+    pub path: String,
+    pub cache_s: u64,
+    /// Request headers sent along to the pricer (lower case).
+    pub headers: Vec<String>,
+    pub on_error: PricingFallback,
+}
+
+impl RawPricing {
+    fn validate(self) -> Result<Pricing, ConfigError> {
+        let endpoint = Endpoint::new("pricing", self.upstream, self.authority, self.tls, self.timeout_ms)?;
+        if !self.path.starts_with('/') || self.path.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            return Err(ConfigError::new("pricing.path", "must start with / and contain no spaces"));
+        }
+        let mut headers = Vec::with_capacity(self.headers.len());
+        for (i, name) in self.headers.iter().enumerate() {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') || RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                return Err(ConfigError::new(format!("pricing.headers[{i}]"), "must be a header name that carries no credential"));
+            }
+            headers.push(name.to_ascii_lowercase());
+        }
+        Ok(Pricing { endpoint, path: self.path, cache_s: self.cache_s, headers, on_error: self.on_error })
+    }
 }
 
 /// A token bucket per client network on challenge issuance, so an unpaid flood cannot make the
@@ -191,16 +257,37 @@ pub enum Unmatched {
 #[derive(Debug, Clone)]
 pub struct Node {
     pub kind: NodeKind,
-    /// Envoy cluster name (or `host:port` under Kong) the callout is dispatched to.
-    pub upstream: String,
-    pub authority: String,
-    pub tls: bool,
+    pub endpoint: Endpoint,
     pub credential: Secret,
-    pub timeout_ms: u32,
     /// Confirm with the node that the invoice is settled before a token's first use.
     pub strict: bool,
     /// Accept `L402 <macaroon>` without a preimage once the node says the invoice is settled.
     pub macaroon_only: bool,
+}
+
+/// Where a callout goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Envoy cluster name (or `host:port` under Kong) the callout is dispatched to.
+    pub upstream: String,
+    pub authority: String,
+    pub tls: bool,
+    pub timeout_ms: u32,
+}
+
+impl Endpoint {
+    fn new(section: &str, upstream: String, authority: String, tls: bool, timeout_ms: u32) -> Result<Endpoint, ConfigError> {
+        if upstream.trim().is_empty() {
+            return Err(ConfigError::new(format!("{section}.upstream"), "must name the Envoy cluster (or host:port) to call"));
+        }
+        if authority.trim().is_empty() || authority.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            return Err(ConfigError::new(format!("{section}.authority"), "must be host[:port]"));
+        }
+        if !(1..=60_000).contains(&timeout_ms) {
+            return Err(ConfigError::new(format!("{section}.timeout_ms"), "must be between 1 and 60000"));
+        }
+        Ok(Endpoint { upstream, authority, tls, timeout_ms })
+    }
 }
 
 /// A node credential. It never reaches a log line, even through `{:?}` of the whole config.
@@ -229,6 +316,7 @@ pub struct Config {
     pub revoked: HashSet<[u8; 32]>,
     pub challenge_limit: Option<ChallengeLimit>,
     pub client_network: ClientNetwork,
+    pub pricing: Option<Pricing>,
 }
 
 impl Config {
@@ -254,8 +342,15 @@ impl Config {
 
 /// Where the configuration has lists; anywhere else a list is refused, because serde would read an
 /// object's fields from a list in order and accept `"node": ["lnd", …]`.
-const LIST_FIELDS: [&str; 6] =
-    ["secrets", "routes", "routes[].match.methods", "routes[].capabilities", "routes[].restrict.methods", "revoked"];
+const LIST_FIELDS: [&str; 7] = [
+    "secrets",
+    "routes",
+    "routes[].match.methods",
+    "routes[].capabilities",
+    "routes[].restrict.methods",
+    "revoked",
+    "pricing.headers",
+];
 
 /// `shape` is the path with list indices left out (`routes[].match`), `path` the one to report.
 fn check_lists(value: &serde_json::Value, shape: &str, path: &str) -> Result<(), ConfigError> {
@@ -334,15 +429,7 @@ impl RawConfig {
         let secrets = secret_ring(resolve(self.secrets, "secrets", env, |v| parse_secret_list(&v))?)?;
 
         let node = self.node;
-        if node.upstream.trim().is_empty() {
-            return Err(ConfigError::new("node.upstream", "must name the Envoy cluster (or host:port) of the node"));
-        }
-        if node.authority.trim().is_empty() || node.authority.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
-            return Err(ConfigError::new("node.authority", "must be the node's host[:port]"));
-        }
-        if !(1..=60_000).contains(&node.timeout_ms) {
-            return Err(ConfigError::new("node.timeout_ms", "must be between 1 and 60000"));
-        }
+        let endpoint = Endpoint::new("node", node.upstream, node.authority, node.tls, node.timeout_ms)?;
         let credential = resolve(node.credential, "node.credential", env, |v| v.trim().to_owned())?;
         if credential.is_empty() || credential.bytes().any(|b| b.is_ascii_control()) {
             return Err(ConfigError::new("node.credential", "must be a non-empty header value"));
@@ -364,10 +451,12 @@ impl RawConfig {
         if self.routes.is_empty() {
             return Err(ConfigError::new("routes", "at least one route is required"));
         }
-        let mut prices: HashMap<String, (u64, usize)> = HashMap::new();
+        let pricing = self.pricing.map(RawPricing::validate).transpose()?;
+        let fallback = pricing.as_ref().map(|p| p.on_error);
+        let mut prices: HashMap<String, (Option<u64>, usize)> = HashMap::new();
         let mut routes = Vec::with_capacity(self.routes.len());
         for (index, raw) in self.routes.into_iter().enumerate() {
-            let route = raw.validate(index, node.kind)?;
+            let route = raw.validate(index, node.kind, fallback)?;
             if let Access::Paid(service) = &route.access {
                 if let Some((price, first)) = prices.get(&service.name) {
                     if *price != service.price_msat {
@@ -406,11 +495,8 @@ impl RawConfig {
             secrets,
             node: Node {
                 kind: node.kind,
-                upstream: node.upstream,
-                authority: node.authority,
-                tls: node.tls,
+                endpoint,
                 credential: Secret(credential),
-                timeout_ms: node.timeout_ms,
                 strict: node.strict,
                 macaroon_only: node.macaroon_only,
             },
@@ -424,6 +510,7 @@ impl RawConfig {
             revoked,
             challenge_limit: self.challenge_limit,
             client_network: self.client_network,
+            pricing,
         })
     }
 }
@@ -458,7 +545,7 @@ mod tests {
     #[test]
     fn parses_with_defaults() {
         let c = parse(&base()).unwrap();
-        assert_eq!(c.node.timeout_ms, 3000);
+        assert_eq!(c.node.endpoint.timeout_ms, 3000);
         assert_eq!(c.invoice_expiry_s, 600);
         assert_eq!(c.memo_for("weather"), "weather access");
         assert_eq!(c.unmatched, Unmatched::Deny);
@@ -471,7 +558,7 @@ mod tests {
         assert_eq!(c2.upstream_headers.names().collect::<Vec<_>>(), ["x-l402-token-id", "x-paid"]);
         assert_eq!(c.routes[1].methods, ["GET"]);
         let Access::Paid(service) = &c.routes[1].access else { panic!("paid route expected") };
-        assert_eq!(service.price_msat, 10_000);
+        assert_eq!(service.price_msat, Some(10_000));
         assert!(!format!("{c:?}").contains("abcd"), "node credential must not be printed");
     }
 
@@ -527,6 +614,27 @@ mod tests {
         assert_eq!(error_field(&header), "upstream_headers.service");
         header["upstream_headers"] = json!({"token_id": "Authorization"});
         assert_eq!(error_field(&header), "upstream_headers.token_id");
+    }
+
+    #[test]
+    fn dynamic_prices_need_a_pricer_and_a_fallback_price_if_static() {
+        let pricer = json!({"upstream": "pricer", "authority": "pricer:80", "path": "/price"});
+        let mut v = base();
+        v["routes"][1] = json!({"match": {}, "service": "llm", "dynamic_price": true});
+        assert_eq!(error_field(&v), "routes[1].dynamic_price");
+        v["pricing"] = pricer.clone();
+        let c = parse(&v).unwrap();
+        let Access::Paid(service) = &c.routes[1].access else { panic!("paid route expected") };
+        assert!(service.dynamic_price && service.price_msat.is_none());
+        assert_eq!(c.pricing.as_ref().map(|p| (p.cache_s, p.on_error)), Some((60, PricingFallback::Deny)));
+        v["pricing"]["on_error"] = json!("static");
+        assert_eq!(error_field(&v), "routes[1].price_sat");
+        v["routes"][1]["price_sat"] = json!(3);
+        assert!(parse(&v).is_ok());
+        v["pricing"]["headers"] = json!(["Authorization"]);
+        assert_eq!(error_field(&v), "pricing.headers[0]");
+        v["pricing"] = json!({"upstream": "p", "authority": "p:80", "path": "price"});
+        assert_eq!(error_field(&v), "pricing.path");
     }
 
     #[test]

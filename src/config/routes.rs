@@ -1,6 +1,6 @@
 //! Route rules: what a request is matched on, and what a matching request must pay for.
 
-use super::{is_token_text, ConfigError, NodeKind};
+use super::{is_token_text, ConfigError, NodeKind, PricingFallback};
 use serde::Deserialize;
 
 /// Most segments in a glob pattern, to keep matching cheap.
@@ -23,6 +23,8 @@ pub(super) struct RawRoute {
     restrict: RawRestrict,
     uses: Option<u64>,
     freebies: Option<Freebies>,
+    #[serde(default)]
+    dynamic_price: bool,
 }
 
 /// Requests a client network may make on a route before it is asked to pay.
@@ -156,7 +158,10 @@ pub enum Access {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
     pub name: String,
-    pub price_msat: u64,
+    /// The static price; a dynamically priced route may have none (its pricer must answer).
+    pub price_msat: Option<u64>,
+    /// Ask the pricing endpoint for the price.
+    pub dynamic_price: bool,
     pub lifetime_s: Option<u64>,
     pub capabilities: Vec<String>,
     /// Minted as `<service>_path_prefix` and `<service>_methods` caveats, and enforced.
@@ -198,7 +203,8 @@ fn host_match(host: String, field: String) -> Result<HostMatch, ConfigError> {
 }
 
 impl RawRoute {
-    pub(super) fn validate(self, index: usize, node: NodeKind) -> Result<Route, ConfigError> {
+    /// `pricing` is the fallback of the configured pricing endpoint, if there is one.
+    pub(super) fn validate(self, index: usize, node: NodeKind, pricing: Option<PricingFallback>) -> Result<Route, ConfigError> {
         let field = |name: &str| format!("routes[{index}].{name}");
         let m = self.matcher;
         let path = match (m.path, m.path_prefix, m.path_glob) {
@@ -227,13 +233,24 @@ impl RawRoute {
                 return Err(ConfigError::new(field("service"), "must be 1-64 characters of A-Z a-z 0-9 . -"));
             }
             let price_msat = match (self.price_sat, self.price_msat) {
-                (Some(sat), None) => sat.checked_mul(1000),
-                (None, Some(msat)) => Some(msat),
-                _ => return Err(ConfigError::new(field("price_sat"), "give exactly one of price_sat and price_msat")),
+                (Some(sat), None) => Some(sat.checked_mul(1000).filter(|p| *p > 0)),
+                (None, Some(msat)) => Some(Some(msat).filter(|p| *p > 0)),
+                (None, None) => None,
+                (Some(_), Some(_)) => return Err(ConfigError::new(field("price_sat"), "give one of price_sat and price_msat, not both")),
+            };
+            let price_msat = match price_msat {
+                Some(Some(price)) => Some(price),
+                Some(None) => return Err(ConfigError::new(field("price_sat"), "price must be a positive amount")),
+                None => None,
+            };
+            if self.dynamic_price && pricing.is_none() {
+                return Err(ConfigError::new(field("dynamic_price"), "needs the top-level pricing endpoint"));
             }
-            .filter(|p| *p > 0)
-            .ok_or_else(|| ConfigError::new(field("price_sat"), "price must be a positive amount"))?;
-            if node == NodeKind::Lnbits && price_msat % 1000 != 0 {
+            let price_needed = !self.dynamic_price || pricing == Some(PricingFallback::Static);
+            if price_needed && price_msat.is_none() {
+                return Err(ConfigError::new(field("price_sat"), "give price_sat or price_msat"));
+            }
+            if node == NodeKind::Lnbits && price_msat.is_some_and(|p| p % 1000 != 0) {
                 return Err(ConfigError::new(field("price_msat"), "LNbits invoices are in whole satoshis"));
             }
             if self.lifetime_s == Some(0) {
@@ -258,6 +275,7 @@ impl RawRoute {
             Access::Paid(Service {
                 name,
                 price_msat,
+                dynamic_price: self.dynamic_price,
                 lifetime_s: self.lifetime_s,
                 capabilities: self.capabilities,
                 restrict_path_prefix,

@@ -4,16 +4,18 @@
 
 use super::host::{self, HostStore};
 use super::root::Shared;
-use crate::config::{Config, Service};
+use crate::config::{Config, Endpoint, PricingFallback, Service};
 use crate::gate::{decide, Decision, Refusal, RequestView};
-use crate::l402::caveats::{METHODS_SUFFIX, PATH_PREFIX_SUFFIX};
+use crate::l402::caveats::{METHODS_SUFFIX, PATH_PREFIX_SUFFIX, PRICE_SUFFIX};
 use crate::l402::encoding::{base64_encode, hex_encode};
 use crate::l402::{mint, Grant, Identifier};
 use crate::lightning::{
-    invoice_request, parse_invoice, parse_settlement, settlement_request, InvoiceOrder, NodeRequest, MAX_RESPONSE_BYTES,
+    invoice_request, invoiceable_msat, parse_invoice, parse_settlement, settlement_request, Callout, InvoiceOrder, NodeError,
+    MAX_RESPONSE_BYTES,
 };
+use crate::pricing::{parse_quote, price_request, Quote};
 use crate::metrics::Counter;
-use crate::response::{self, is_grpc, LocalResponse};
+use crate::response::{self, is_grpc, LocalResponse, Offer};
 use crate::store::{self, StoreError};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
@@ -25,13 +27,17 @@ use std::time::Duration;
 struct Admission {
     identifier: Identifier,
     service: Service,
+    /// The price the token was bought at, for the metering header.
+    price_msat: Option<u64>,
     from_authorization: bool,
 }
 
 /// What a paused request waits for.
 enum Waiting {
+    /// The pricing endpoint's quote for a dynamically priced route.
+    Price { service: Service, refusal: Option<Refusal> },
     /// The node's invoice, to answer with a challenge.
-    Invoice { service: Service, token_id: [u8; 32], refusal: Option<Refusal> },
+    Invoice { service: Service, quote: Quote, token_id: [u8; 32], refusal: Option<Refusal> },
     /// The node's word that the token's invoice is settled.
     Settlement(Admission),
 }
@@ -39,6 +45,9 @@ enum Waiting {
 pub struct Http {
     shared: Rc<Shared>,
     waiting: Option<(Waiting, Duration)>,
+    /// The request's method and path, kept for the pricing endpoint.
+    method: String,
+    path: String,
 }
 
 fn header(name: &str) -> Option<String> {
@@ -51,7 +60,7 @@ fn key(kind: &str, id: &[u8; 32]) -> String {
 
 impl Http {
     pub fn new(shared: Rc<Shared>) -> Http {
-        Http { shared, waiting: None }
+        Http { shared, waiting: None, method: String::new(), path: String::new() }
     }
 
     fn respond(&self, response: &LocalResponse) {
@@ -77,28 +86,32 @@ impl Http {
             .unwrap_or_else(|| "unknown".to_owned())
     }
 
-    /// Sends a request to the node; the HTTP request stays paused until it answers.
-    fn call_node(&mut self, request: &NodeRequest, waiting: Waiting) -> Action {
-        let node = &self.shared.config.node;
+    /// Sends a callout; the HTTP request stays paused until it is answered.
+    fn call(&mut self, endpoint: &Endpoint, request: &Callout, waiting: Waiting) -> Action {
         let content_length = request.body.len().to_string();
         let mut headers: Vec<(&str, &str)> = vec![
             (":method", request.method),
             (":path", &request.path),
-            (":authority", &node.authority),
-            (":scheme", if node.tls { "https" } else { "http" }),
+            (":authority", &endpoint.authority),
+            (":scheme", if endpoint.tls { "https" } else { "http" }),
             ("content-length", &content_length),
         ];
         headers.extend(request.headers.iter().map(|(k, v)| (*k, v.as_str())));
-        let timeout = Duration::from_millis(u64::from(node.timeout_ms));
-        match host::dispatch(&node.upstream, headers, &request.body, timeout) {
+        let timeout = Duration::from_millis(u64::from(endpoint.timeout_ms));
+        match host::dispatch(&endpoint.upstream, headers, &request.body, timeout) {
             Ok(_) => self.waiting = Some((waiting, host::now())),
             Err(()) => {
                 self.shared.count(Counter::GatewayErrors);
-                host::log(LogLevel::Warn, &format!("could not dispatch the call to the node's upstream {}", node.upstream));
-                self.respond(&response::gateway_failure("the call to the Lightning node could not be dispatched"));
+                host::log(LogLevel::Warn, &format!("could not dispatch a call to {}", endpoint.upstream));
+                self.respond(&response::gateway_failure("a call from the gateway could not be dispatched"));
             }
         }
         Action::Pause
+    }
+
+    fn call_node(&mut self, request: &Callout, waiting: Waiting) -> Action {
+        let shared = Rc::clone(&self.shared);
+        self.call(&shared.config.node.endpoint, request, waiting)
     }
 
     /// A paid request: confirm settlement where required, then count the use and hand it on.
@@ -155,8 +168,10 @@ impl Http {
         if let Some(name) = &headers.service {
             host::set_request_header(name, &admission.service.name);
         }
-        if let Some(name) = &headers.price_msat {
-            host::set_request_header(name, &admission.service.price_msat.to_string());
+        match (&headers.price_msat, admission.price_msat) {
+            (Some(name), Some(price)) => host::set_request_header(name, &price.to_string()),
+            (Some(name), None) => host::remove_request_header(name),
+            (None, _) => {}
         }
     }
 
@@ -205,20 +220,84 @@ impl Http {
             }
         }
 
+        match (&config.pricing, service.dynamic_price) {
+            (Some(pricing), true) => {
+                let cached = shared.quotes.borrow().get(&self.method, &self.path, host::now_unix()).cloned();
+                if let Some(quote) = cached {
+                    return self.invoice(service, quote, refusal);
+                }
+                let headers: Vec<(String, String)> =
+                    pricing.headers.iter().filter_map(|name| header(name).map(|value| (name.clone(), value))).collect();
+                let request = price_request(pricing, &self.method, &self.path, &service.name, &headers);
+                self.call(&pricing.endpoint, &request, Waiting::Price { service, refusal })
+            }
+            _ => match Self::static_quote(&service) {
+                Some(quote) => self.invoice(service, quote, refusal),
+                None => {
+                    self.respond(&response::gateway_failure("the route has no price"));
+                    Action::Pause
+                }
+            },
+        }
+    }
+
+    fn static_quote(service: &Service) -> Option<Quote> {
+        Some(Quote { price_msat: service.price_msat?, lifetime_s: service.lifetime_s, capabilities: None })
+    }
+
+    /// Asks the node for an invoice at the quoted price.
+    fn invoice(&mut self, service: Service, mut quote: Quote, refusal: Option<Refusal>) -> Action {
+        let shared = Rc::clone(&self.shared);
+        let config = &shared.config;
         let Some(token_id) = host::random_token_id() else {
             shared.count(Counter::GatewayErrors);
             self.respond(&response::gateway_failure("no randomness available for a token id"));
             return Action::Pause;
         };
+        quote.price_msat = invoiceable_msat(config.node.kind, quote.price_msat);
         let label = hex_encode(&token_id);
         let memo = config.memo_for(&service.name);
-        let order = InvoiceOrder { amount_msat: service.price_msat, memo: &memo, expiry_s: config.invoice_expiry_s, label: &label };
+        let order = InvoiceOrder { amount_msat: quote.price_msat, memo: &memo, expiry_s: config.invoice_expiry_s, label: &label };
         let request = invoice_request(config.node.kind, &config.node.credential.0, &order);
-        self.call_node(&request, Waiting::Invoice { service, token_id, refusal })
+        self.call_node(&request, Waiting::Invoice { service, quote, token_id, refusal })
     }
 
-    fn payment_required(config: &Config, service: &Service, token_id: [u8; 32], refusal: Option<&Refusal>, payment_hash: [u8; 32], invoice: &str) -> LocalResponse {
+    /// The pricing endpoint answered (or failed): invoice at its price, or as the fallback says.
+    fn priced(&mut self, service: Service, refusal: Option<Refusal>, answer: Result<Quote, NodeError>) {
+        let shared = Rc::clone(&self.shared);
+        let Some(pricing) = &shared.config.pricing else { return };
+        match answer {
+            Ok(quote) => {
+                let until = host::now_unix().saturating_add(pricing.cache_s);
+                shared.quotes.borrow_mut().put(&self.method, &self.path, quote.clone(), until);
+                self.invoice(service, quote, refusal);
+            }
+            Err(error) => {
+                shared.count(Counter::PricingErrors);
+                host::log(LogLevel::Warn, &format!("pricing call failed: {}", error.code()));
+                match (pricing.on_error, Self::static_quote(&service)) {
+                    (PricingFallback::Static, Some(quote)) => {
+                        self.invoice(service, quote, refusal);
+                    }
+                    _ => self.respond(&response::pricing_failure(&error)),
+                }
+            }
+        }
+    }
+
+    fn payment_required(
+        config: &Config,
+        service: &Service,
+        quote: &Quote,
+        token_id: [u8; 32],
+        refusal: Option<&Refusal>,
+        payment_hash: [u8; 32],
+        invoice: &str,
+    ) -> LocalResponse {
         let mut constraints = Vec::new();
+        if service.dynamic_price {
+            constraints.push((format!("{}{PRICE_SUFFIX}", service.name), quote.price_msat.to_string()));
+        }
         if let Some(prefix) = &service.restrict_path_prefix {
             constraints.push((format!("{}{PATH_PREFIX_SUFFIX}", service.name), prefix.clone()));
         }
@@ -229,15 +308,22 @@ impl Http {
             payment_hash,
             token_id,
             service: &service.name,
-            capabilities: &service.capabilities,
-            valid_until: service.lifetime_s.map(|life| host::now_unix().saturating_add(life)),
+            capabilities: quote.capabilities.as_deref().unwrap_or(&service.capabilities),
+            valid_until: quote.lifetime_s.or(service.lifetime_s).map(|life| host::now_unix().saturating_add(life)),
             constraints: &constraints,
         };
         let macaroon = base64_encode(&mint(&config.secrets, &grant).encode());
-        response::payment_required(config, service, &macaroon, invoice, refusal)
+        let offer = Offer {
+            service: &service.name,
+            price_msat: quote.price_msat,
+            macaroon_b64: &macaroon,
+            invoice,
+            expiry_s: config.invoice_expiry_s,
+        };
+        response::payment_required(config, &offer, refusal)
     }
 
-    fn node_failed(&self, error: &crate::lightning::NodeError) {
+    fn node_failed(&self, error: &NodeError) {
         self.shared.count(Counter::for_node_error(error));
         host::log(LogLevel::Warn, &format!("node call failed: {error}"));
         self.respond(&response::node_failure(error));
@@ -256,10 +342,11 @@ impl Context for Http {
         let status = host::call_response_status();
         let body = if body_size > MAX_RESPONSE_BYTES { vec![0; MAX_RESPONSE_BYTES + 1] } else { host::call_response_body(body_size) };
         match waiting {
-            Waiting::Invoice { service, token_id, refusal } => match parse_invoice(config.node.kind, status, &body) {
+            Waiting::Price { service, refusal } => self.priced(service, refusal, parse_quote(status, &body)),
+            Waiting::Invoice { service, quote, token_id, refusal } => match parse_invoice(config.node.kind, status, &body) {
                 Ok(invoice) => {
                     shared.count(Counter::ChallengesIssued);
-                    let reply = Self::payment_required(config, &service, token_id, refusal.as_ref(), invoice.payment_hash, &invoice.bolt11);
+                    let reply = Self::payment_required(config, &service, &quote, token_id, refusal.as_ref(), invoice.payment_hash, &invoice.bolt11);
                     self.respond(&reply);
                 }
                 Err(error) => self.node_failed(&error),
@@ -308,14 +395,18 @@ impl HttpContext for Http {
             now: host::now_unix(),
         };
         let decision = decide(config, &mut shared.cache.borrow_mut(), &view);
+        // Kept (moved, not copied) for a pricing call this request may still need.
+        self.method = method;
+        self.path = path;
         match decision {
             Decision::Free => {
                 shared.count(Counter::Free);
                 self.remove_metering_headers();
                 Action::Continue
             }
-            Decision::Paid { identifier, preimage_proven, service } => {
-                let admission = Admission { identifier, service: service.clone(), from_authorization: authorization.is_some() };
+            Decision::Paid { identifier, preimage_proven, service, price_msat } => {
+                let admission =
+                    Admission { identifier, service: service.clone(), price_msat, from_authorization: authorization.is_some() };
                 self.admit(admission, preimage_proven)
             }
             Decision::NoRoute => {

@@ -6,6 +6,7 @@ use super::http::Http;
 use crate::config::Config;
 use crate::gate::VerifiedCache;
 use crate::metrics::{Counter, Pending, CALLOUT_LATENCY_MS};
+use crate::pricing::QuoteCache;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel, MetricType};
 use std::cell::RefCell;
@@ -21,6 +22,7 @@ pub struct Shared {
     pub config: Config,
     pub cache: RefCell<VerifiedCache>,
     pub counts: Pending,
+    pub quotes: RefCell<QuoteCache>,
     /// The callout latency histogram, if the host could define it.
     pub latency_metric: Option<u32>,
 }
@@ -50,6 +52,7 @@ impl RootContext for Root {
                     config,
                     cache: RefCell::new(VerifiedCache::new(CACHE_ENTRIES)),
                     counts: Pending::default(),
+                    quotes: RefCell::new(QuoteCache::default()),
                     latency_metric: host::define_metric(MetricType::Histogram, CALLOUT_LATENCY_MS),
                 }));
                 host::set_tick_period(PUBLISH_PERIOD);

@@ -12,6 +12,9 @@ pub const CAPABILITIES_SUFFIX: &str = "_capabilities";
 pub const VALID_UNTIL_SUFFIX: &str = "_valid_until";
 pub const PATH_PREFIX_SUFFIX: &str = "_path_prefix";
 pub const METHODS_SUFFIX: &str = "_methods";
+/// Informational: the price a dynamically priced token was bought at. Holders can only append
+/// caveats, so the first one is the gateway's.
+pub const PRICE_SUFFIX: &str = "_price_msat";
 pub const PREIMAGE: &str = "preimage";
 
 /// What a request needs from a token.
@@ -85,6 +88,11 @@ fn parse_unix(value: &str) -> Result<u64, CaveatError> {
         return Err(CaveatError::Malformed);
     }
     value.parse().map_err(|_| CaveatError::Malformed)
+}
+
+/// The value of the first caveat `<service><suffix>`.
+pub fn first_value<'a>(caveats: &'a [String], service: &str, suffix: &str) -> Option<&'a str> {
+    caveats.iter().filter_map(|c| split(c)).find(|(key, _)| is_service_key(key, service, suffix)).map(|(_, value)| value)
 }
 
 /// Checks the caveats against a request; returns the token's effective expiry, if any.

@@ -1,18 +1,19 @@
 //! Core Lightning's clnrest: `POST /v1/invoice` with JSON params, authenticated by a `Rune` header.
 
-use super::{json_body, parse_json, Invoice, InvoiceOrder, NodeError, NodeRequest};
+use super::{Callout, Invoice, InvoiceOrder, NodeError};
+use crate::callout::{json_body, parse_json};
 use crate::l402::encoding::hex_decode_array;
 use serde::Deserialize;
 use serde_json::json;
 
-pub fn create_invoice(rune: &str, order: &InvoiceOrder<'_>) -> NodeRequest {
+pub fn create_invoice(rune: &str, order: &InvoiceOrder<'_>) -> Callout {
     let body = json!({
         "amount_msat": order.amount_msat,
         "label": order.label,
         "description": order.memo,
         "expiry": order.expiry_s,
     });
-    NodeRequest {
+    Callout {
         method: "POST",
         path: "/v1/invoice".to_owned(),
         headers: vec![("rune", rune.to_owned()), ("content-type", "application/json".to_owned())],
@@ -33,8 +34,8 @@ pub fn parse_created(body: &[u8]) -> Result<Invoice, NodeError> {
     Ok(Invoice { payment_hash, bolt11: answer.bolt11 })
 }
 
-pub fn list_invoices(rune: &str, payment_hash_hex: &str) -> NodeRequest {
-    NodeRequest {
+pub fn list_invoices(rune: &str, payment_hash_hex: &str) -> Callout {
+    Callout {
         method: "POST",
         path: "/v1/listinvoices".to_owned(),
         headers: vec![("rune", rune.to_owned()), ("content-type", "application/json".to_owned())],

@@ -1,11 +1,12 @@
 //! LNbits: `POST /api/v1/payments` with `"out": false`, authenticated by the wallet's invoice key.
 
-use super::{json_body, parse_json, Invoice, InvoiceOrder, NodeError, NodeRequest};
+use super::{Callout, Invoice, InvoiceOrder, NodeError};
+use crate::callout::{json_body, parse_json};
 use crate::l402::encoding::hex_decode_array;
 use serde::Deserialize;
 use serde_json::json;
 
-pub fn create_invoice(invoice_key: &str, order: &InvoiceOrder<'_>) -> NodeRequest {
+pub fn create_invoice(invoice_key: &str, order: &InvoiceOrder<'_>) -> Callout {
     // `out` defaults to true (a payment) in LNbits: always send it. Amounts are whole satoshis,
     // which the config guarantees for LNbits routes.
     let body = json!({
@@ -14,7 +15,7 @@ pub fn create_invoice(invoice_key: &str, order: &InvoiceOrder<'_>) -> NodeReques
         "memo": order.memo,
         "expiry": order.expiry_s,
     });
-    NodeRequest {
+    Callout {
         method: "POST",
         path: "/api/v1/payments".to_owned(),
         headers: vec![("x-api-key", invoice_key.to_owned()), ("content-type", "application/json".to_owned())],
@@ -38,8 +39,8 @@ pub fn parse_created(body: &[u8]) -> Result<Invoice, NodeError> {
     Ok(Invoice { payment_hash, bolt11 })
 }
 
-pub fn payment_status(invoice_key: &str, payment_hash_hex: &str) -> NodeRequest {
-    NodeRequest {
+pub fn payment_status(invoice_key: &str, payment_hash_hex: &str) -> Callout {
+    Callout {
         method: "GET",
         path: format!("/api/v1/payments/{payment_hash_hex}"),
         headers: vec![("x-api-key", invoice_key.to_owned())],

@@ -1,18 +1,19 @@
 //! LND REST: `POST /v1/invoices`, authenticated by `Grpc-Metadata-macaroon`, speaking proto3 JSON
 //! (64-bit integers as strings, `bytes` as base64).
 
-use super::{json_body, parse_json, Invoice, InvoiceOrder, NodeError, NodeRequest};
+use super::{Callout, Invoice, InvoiceOrder, NodeError};
+use crate::callout::{json_body, parse_json};
 use crate::l402::encoding::base64_decode;
 use serde::Deserialize;
 use serde_json::json;
 
-pub fn create_invoice(macaroon_hex: &str, order: &InvoiceOrder<'_>) -> NodeRequest {
+pub fn create_invoice(macaroon_hex: &str, order: &InvoiceOrder<'_>) -> Callout {
     let body = json!({
         "value_msat": order.amount_msat.to_string(),
         "memo": order.memo,
         "expiry": order.expiry_s.to_string(),
     });
-    NodeRequest {
+    Callout {
         method: "POST",
         path: "/v1/invoices".to_owned(),
         headers: vec![("grpc-metadata-macaroon", macaroon_hex.to_owned()), ("content-type", "application/json".to_owned())],
@@ -34,8 +35,8 @@ pub fn parse_created(body: &[u8]) -> Result<Invoice, NodeError> {
     Ok(Invoice { payment_hash, bolt11: answer.payment_request })
 }
 
-pub fn lookup_invoice(macaroon_hex: &str, payment_hash_hex: &str) -> NodeRequest {
-    NodeRequest {
+pub fn lookup_invoice(macaroon_hex: &str, payment_hash_hex: &str) -> Callout {
+    Callout {
         method: "GET",
         path: format!("/v1/invoice/{payment_hash_hex}"),
         headers: vec![("grpc-metadata-macaroon", macaroon_hex.to_owned())],

@@ -5,6 +5,7 @@ pub mod cln;
 pub mod lnbits;
 pub mod lnd;
 
+pub use crate::callout::Callout;
 use crate::config::NodeKind;
 use core::fmt;
 
@@ -23,14 +24,6 @@ pub struct InvoiceOrder<'a> {
     pub label: &'a str,
 }
 
-/// An HTTP request to the node, without the host-specific pseudo-headers for authority and scheme.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeRequest {
-    pub method: &'static str,
-    pub path: String,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
-}
 
 /// A created invoice, as the node reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +62,15 @@ impl fmt::Display for NodeError {
     }
 }
 
-pub fn invoice_request(kind: NodeKind, credential: &str, order: &InvoiceOrder<'_>) -> NodeRequest {
+/// The amount to invoice: LNbits takes whole satoshis, so its amounts round up.
+pub fn invoiceable_msat(kind: NodeKind, msat: u64) -> u64 {
+    match kind {
+        NodeKind::Lnbits => msat.div_ceil(1000).saturating_mul(1000),
+        NodeKind::Lnd | NodeKind::Cln => msat,
+    }
+}
+
+pub fn invoice_request(kind: NodeKind, credential: &str, order: &InvoiceOrder<'_>) -> Callout {
     match kind {
         NodeKind::Lnd => lnd::create_invoice(credential, order),
         NodeKind::Cln => cln::create_invoice(credential, order),
@@ -78,7 +79,7 @@ pub fn invoice_request(kind: NodeKind, credential: &str, order: &InvoiceOrder<'_
 }
 
 /// The request asking whether the invoice with this payment hash is settled.
-pub fn settlement_request(kind: NodeKind, credential: &str, payment_hash: &[u8; 32]) -> NodeRequest {
+pub fn settlement_request(kind: NodeKind, credential: &str, payment_hash: &[u8; 32]) -> Callout {
     let hash = crate::l402::encoding::hex_encode(payment_hash);
     match kind {
         NodeKind::Lnd => lnd::lookup_invoice(credential, &hash),
@@ -140,13 +141,6 @@ fn check_bolt11(bolt11: &str) -> Result<(), NodeError> {
     }
 }
 
-pub(crate) fn json_body(value: &serde_json::Value) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_default()
-}
-
-pub(crate) fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, NodeError> {
-    serde_json::from_slice(body).map_err(|_| NodeError::BadResponse("not the expected JSON"))
-}
 
 #[cfg(test)]
 mod tests {

@@ -97,6 +97,7 @@ def full() -> dict[str, Any]:
              "freebies": {"requests": 3, "period_s": 86400}},
             {"match": {"path_glob": "/files/**/*.json", "host": "*.example.com"}, "service": "files",
              "price_msat": 1500, "free": False},
+            {"match": {"path_prefix": "/llm/"}, "service": "llm", "price_sat": 5, "dynamic_price": True},
         ],
         "unmatched": "free",
         "challenge": {"lsat_header": False},
@@ -105,6 +106,8 @@ def full() -> dict[str, Any]:
         "revoked": ["ab" * 32, "CD" * 32],
         "challenge_limit": {"burst": 20, "per_minute": 60},
         "client_network": {"ipv4_prefix": 32, "ipv6_prefix": 0},
+        "pricing": {"upstream": "pricer", "authority": "pricer.internal:8080", "path": "/price", "tls": True,
+                    "timeout_ms": 250, "cache_s": 30, "headers": ["x-model"], "on_error": "static"},
     }
 
 
@@ -119,6 +122,8 @@ HAND_WRITTEN: dict[str, Any] = {
     "full": full(),
     "minimal-env-sources": minimal(),
     "lnd-env-credential": minimal("lnd"),
+    "dynamic-price-without-static": {**minimal(), "pricing": {"upstream": "p", "authority": "p:80", "path": "/q"},
+                                     "routes": [{"match": {}, "service": "llm", "dynamic_price": True}]},
     "lnbits-whole-sats": {**minimal(), "node": {"kind": "lnbits", "upstream": "lnbits", "authority": "lnbits:5000",
                                                 "credential": "0123456789abcdef"},
                           "routes": [{"match": {"path": "/a"}, "service": "a", "price_msat": 21000}]},
@@ -420,6 +425,9 @@ SCHEMA_CANNOT_CHECK = [
     ("env-variable-not-set", minimal(), {k: v for k, v in ENV.items() if k != "CLN_RUNE"}, "node.credential"),
     ("env-credential-not-hex", minimal("lnd"), {**ENV, "LND_INVOICE_MACAROON_HEX": "not hex"}, "node.credential"),
     ("env-secret-too-short", minimal(), {**ENV, "L402_SECRETS": "abcd"}, "secrets"),
+    ("dynamic-price-without-pricing", mutate(minimal(), "routes.0.dynamic_price", True), ENV, "routes[0].dynamic_price"),
+    ("static-fallback-without-price", {**minimal(), "pricing": {"upstream": "p", "authority": "p:80", "path": "/q", "on_error": "static"},
+                                       "routes": [{"match": {}, "service": "llm", "dynamic_price": True}]}, ENV, "routes[0].price_sat"),
 ]
 
 
@@ -450,7 +458,7 @@ def test_object_shapes_refused_by_both(case, tmp_path):
 
 def test_docs_list_the_exceptions():
     doc = (ROOT / "docs" / "kong.md").read_text()
-    for phrase in ("priced differently", "639 bytes", "environment variable"):
+    for phrase in ("priced differently", "639 bytes", "environment variable", "dynamic_price"):
         assert phrase in doc, phrase
 
 
