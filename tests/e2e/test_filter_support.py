@@ -5,7 +5,8 @@
 * an independent credential check (pymacaroons + the published key derivation) used to prove
   that every request that reached the upstream on a paid route carried a valid credential;
 * rendering of the shipped Envoy templates under envoy/ with another plugin configuration;
-* the Node client script (tests/e2e/clients/l402_client.mjs, @getalby/lightning-tools).
+* the Node client script (tests/e2e/clients/l402_client.mjs, @getalby/lightning-tools);
+* a gateway on any node kind (LND or CLN simulator, real LNbits) with any plugin configuration.
 """
 
 from __future__ import annotations
@@ -249,3 +250,187 @@ def test_plugin_config_roundtrip():
 def test_token_id_of_agrees_with_the_cli():
     cred = mint(new_secret(), "weather")
     assert token_id_of(cred) == inspect(cred)["identifier"]["token_id"]
+
+
+# -- a gateway on any node kind, with any plugin configuration -----------------------------------
+
+NODE_KINDS = ("lnd", "cln", "lnbits")
+
+
+class Backend:
+    """The node a gateway invoices on, and a wallet that pays it: the LND or Core Lightning simulator
+    (tests/sim, over TLS, with the shipped envoy/<kind>-tls.yaml) or the session's real LNbits
+    (``lnbits`` fixture, envoy/demo.yaml)."""
+
+    def __init__(self, kind: str, lnbits: Any = None):
+        self.kind = kind
+        self.lnbits = lnbits
+        self.sim: Any = None
+        if kind in ("lnd", "cln"):
+            from harness import _tmpdir
+            from test_filter_nodes import new_credential  # puts tests/sim on the path
+            from launch import start_sim
+            self.sim = start_sim(kind, _tmpdir(f"{kind}sim-"), credential=new_credential(kind))
+        elif kind != "lnbits" or lnbits is None:
+            raise ValueError(f"no backend {kind!r} (LNbits needs the lnbits fixture)")
+
+    @property
+    def template(self) -> str:
+        return shipped("demo.yaml" if self.kind == "lnbits" else f"{self.kind}-tls.yaml")
+
+    def vars(self, upstream_port: int) -> dict[str, Any]:
+        from harness import free_port
+        if self.kind == "lnbits":
+            return {"LISTEN_PORT": free_port(), "UPSTREAM_PORT": upstream_port, "LNBITS_PORT": self.lnbits.port}
+        from test_filter_nodes import sim_vars
+        return sim_vars(self.kind, self.sim, upstream_port)
+
+    def env(self, secrets_: str) -> dict[str, str]:
+        if self.kind == "lnbits":
+            return {"L402_SECRETS": secrets_, "LNBITS_INVOICE_KEY": self.lnbits.gateway.inkey}
+        from test_filter_nodes import sim_env
+        return sim_env(self.kind, self.sim, secrets_)
+
+    def try_pay(self, invoice: str) -> tuple[bool, Any]:
+        """Pay from the client wallet: (True, preimage hex) or (False, the node's refusal)."""
+        if self.kind == "lnbits":
+            try:
+                return True, self.lnbits.pay(self.lnbits.payer.adminkey, invoice)
+            except RuntimeError as e:
+                return False, str(e)
+        status, body = self.sim.try_pay(invoice)
+        return (True, body["payment_preimage"]) if status == 200 else (False, (status, body))
+
+    def pay(self, invoice: str) -> str:
+        ok, result = self.try_pay(invoice)
+        assert ok, f"payment failed: {result}"
+        return result
+
+    def invoices_created(self) -> int:
+        """Invoices the node has created (the simulators' counter; LNbits: the gateway wallet's
+        incoming payments)."""
+        if self.kind == "lnbits":
+            payments = self.lnbits._call("GET", "/api/v1/payments?limit=100000", key=self.lnbits.gateway.inkey)
+            return sum(1 for p in payments if int(p.get("amount", 0)) > 0)
+        return self.sim.stats()["invoice_create"]
+
+    def lookups(self) -> int | None:
+        """Invoice lookups the node answered (simulators only; None for LNbits)."""
+        return None if self.sim is None else self.sim.stats()["invoice_lookup"]
+
+    def invoice_with_preimage(self, amount_msat: int, memo: str = "known preimage") -> tuple[str, str, str]:
+        """An open invoice on the gateway's node whose preimage the test knows, created directly on
+        the node: (payment hash hex, preimage hex, bolt11)."""
+        import base64 as _b64
+        if self.kind == "lnbits":
+            d = self.lnbits.create_invoice(self.lnbits.gateway.inkey, amount_msat // 1000, memo)
+            pre, bolt = d["preimage"], d.get("bolt11") or d["payment_request"]
+        else:
+            pre = secrets.token_hex(32)
+            if self.kind == "lnd":
+                status, d = self.sim.request("POST", "/v1/invoices", {
+                    "value_msat": str(amount_msat), "memo": memo, "r_preimage": _b64.b64encode(bytes.fromhex(pre)).decode()})
+                assert status == 200, d
+                bolt = d["payment_request"]
+            else:
+                status, d = self.sim.request("POST", "/v1/invoice", {
+                    "amount_msat": amount_msat, "label": secrets.token_hex(16), "description": memo, "preimage": pre})
+                assert status == 201, d
+                bolt = d["bolt11"]
+        payment_hash = hashlib.sha256(bytes.fromhex(pre)).hexdigest()
+        return payment_hash, pre, bolt
+
+    def stop(self) -> None:
+        if self.sim is not None:
+            self.sim.stop()
+
+
+class Gateway:
+    """A real Envoy with l402.wasm in front of ``upstream_port``, invoicing on ``backend``: the shipped
+    template of the backend's kind (optionally edited by ``template_edit``) with the plugin
+    configuration's ``routes`` replaced, ``node`` fields overridden and top-level fields set
+    (an object merges into the template's object of that name)."""
+
+    def __init__(self, backend: Backend, upstream_port: int, routes: list[dict[str, Any]], *,
+                 secrets: str | None = None, node: Mapping[str, Any] | None = None,
+                 template_edit: Any = None, **top: Any):
+        self.backend = backend
+        self.secret = secrets or new_secret()
+        self.vars = backend.vars(upstream_port)
+        base = backend.template
+        if template_edit is not None:
+            base = template_edit(base)
+        cfg = plugin_config(render(base, self.vars))
+        cfg["routes"] = routes
+        cfg["node"].update(node or {})
+        for key, value in top.items():
+            if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+                cfg[key].update(value)
+            else:
+                cfg[key] = value
+        self.config = cfg
+        self.template = with_plugin_config(base, cfg)
+        self.envoy: Envoy | None = None
+        self.start()
+
+    def start(self, secrets: str | None = None) -> "Gateway":
+        self.secret = secrets or self.secret
+        self.envoy = Envoy(self.template, vars=self.vars, env=self.backend.env(self.secret)).start()
+        return self
+
+    def restart(self, secrets: str | None = None) -> "Gateway":
+        """A new Envoy on the same ports (and with ``secrets``, if given)."""
+        self.stop()
+        return self.start(secrets)
+
+    def stop(self) -> None:
+        if self.envoy is not None:
+            self.envoy.stop()
+
+    @property
+    def port(self) -> int:
+        return int(self.vars["LISTEN_PORT"])
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def request(self, path: str, authorization: str | None = None, *, method: str = "GET",
+                headers: Mapping[str, str] | None = None, body: bytes | None = None):
+        h = dict(headers or {})
+        if authorization:
+            h["Authorization"] = authorization
+        return http(method, self.url(path), headers=h, body=body)
+
+    def buy(self, path: str, method: str = "GET") -> str:
+        """Ask for ``path``, pay the invoice and return the credential ``L402 <macaroon>:<preimage>``."""
+        r = self.request(path, method=method)
+        assert r.status == 402, (r.status, r.text)
+        mac, invoice = challenge_parts(r)
+        return f"L402 {mac}:{self.backend.pay(invoice)}"
+
+    def counters(self) -> dict[str, float]:
+        """The plugin's ``l402_*`` counters in /stats/prometheus (published once a second)."""
+        assert self.envoy is not None
+        out: dict[str, float] = {}
+        for line in self.envoy.stats_prometheus().splitlines():
+            if line.startswith("l402_"):
+                name, _, value = line.rpartition(" ")
+                out[re.sub(r"\{\}$", "", name)] = float(value)
+        return out
+
+
+def http_from(source: str, url: str, method: str = "GET", headers: Mapping[str, str] | None = None):
+    """One HTTP request sent from the local address ``source``: on Linux every 127.0.0.0/8 address
+    is a loopback address, so 127.0.0.2 is another client network to a gateway grouping by /32."""
+    from http.client import HTTPConnection
+    from urllib.parse import urlsplit
+
+    from harness import _response
+    u = urlsplit(url)
+    conn = HTTPConnection(u.hostname, u.port, timeout=10, source_address=(source, 0))
+    try:
+        conn.request(method, u.path + (f"?{u.query}" if u.query else ""), headers=dict(headers or {}))
+        r = conn.getresponse()
+        return _response(r.status, r.msg, r.read())
+    finally:
+        conn.close()
