@@ -23,6 +23,7 @@ pub mod config;
 #[cfg(target_arch = "wasm32")]
 mod filter;
 pub mod l402;
+pub mod fleet;
 pub mod gate;
 pub mod lightning;
 pub mod metrics;

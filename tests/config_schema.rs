@@ -57,11 +57,15 @@ fn parse_sources() -> BTreeMap<String, Item> {
                             container_default: serde_attrs.contains("default"),
                         }
                     } else {
-                        assert!(serde_attrs.contains("rename_all = \"lowercase\""), "enum {name}: expected lowercase variants");
+                        let snake = serde_attrs.contains("rename_all = \"snake_case\"");
+                        assert!(snake || serde_attrs.contains("rename_all = \"lowercase\""), "enum {name}: expected lowercase or snake_case variants");
                         let values = body
                             .iter()
                             .filter(|l| !l.starts_with("#[") && !l.starts_with("//") && !l.is_empty())
-                            .map(|l| l.trim_end_matches(',').to_ascii_lowercase())
+                            .map(|l| {
+                                let variant = l.trim_end_matches(',');
+                                if snake { snake_case(variant) } else { variant.to_ascii_lowercase() }
+                            })
                             .collect();
                         Item::Enum { values }
                     };
@@ -110,6 +114,18 @@ fn struct_fields(body: &[&str]) -> Vec<Field> {
         };
         out.push(Field { json, ty: ty.to_owned(), has_default: attrs.contains("default") });
         attrs.clear();
+    }
+    out
+}
+
+/// `FailClosed` → `fail_closed`, as serde's `rename_all = "snake_case"` spells variants.
+fn snake_case(variant: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in variant.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
     }
     out
 }

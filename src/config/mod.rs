@@ -66,6 +66,69 @@ struct RawConfig {
     #[serde(default)]
     client_network: ClientNetwork,
     pricing: Option<RawPricing>,
+    fleet: Option<RawFleet>,
+    #[serde(default)]
+    on_store_error: OnStoreError,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    upstream: String,
+    authority: String,
+    #[serde(default)]
+    tls: bool,
+    #[serde(default = "default_fleet_timeout")]
+    timeout_ms: u32,
+    #[serde(default = "default_fleet_prefix")]
+    prefix: String,
+    #[serde(default = "default_revocation_poll")]
+    revocation_poll_s: u64,
+}
+
+fn default_fleet_timeout() -> u32 {
+    500
+}
+
+fn default_fleet_prefix() -> String {
+    "/l402/".to_owned()
+}
+
+fn default_revocation_poll() -> u64 {
+    5
+}
+
+/// The fleet's shared store (etcd's v3 JSON gateway): use counts across gateways and a revocation
+/// list they all read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fleet {
+    pub endpoint: Endpoint,
+    pub prefix: String,
+    pub revocation_poll_s: u64,
+}
+
+/// What a request that needs the shared store gets when the store fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// 503: no use is granted that cannot be counted.
+    #[default]
+    FailClosed,
+    /// Let the paid request through uncounted.
+    FailOpen,
+}
+
+impl RawFleet {
+    fn validate(self) -> Result<Fleet, ConfigError> {
+        let endpoint = Endpoint::new("fleet", self.upstream, self.authority, self.tls, self.timeout_ms)?;
+        if !self.prefix.starts_with('/') || self.prefix.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            return Err(ConfigError::new("fleet.prefix", "must start with / and contain no spaces"));
+        }
+        if !(1..=3600).contains(&self.revocation_poll_s) {
+            return Err(ConfigError::new("fleet.revocation_poll_s", "must be between 1 and 3600"));
+        }
+        Ok(Fleet { endpoint, prefix: self.prefix, revocation_poll_s: self.revocation_poll_s })
+    }
 }
 
 #[derive(Deserialize)]
@@ -317,6 +380,8 @@ pub struct Config {
     pub challenge_limit: Option<ChallengeLimit>,
     pub client_network: ClientNetwork,
     pub pricing: Option<Pricing>,
+    pub fleet: Option<Fleet>,
+    pub on_store_error: OnStoreError,
 }
 
 impl Config {
@@ -511,6 +576,8 @@ impl RawConfig {
             challenge_limit: self.challenge_limit,
             client_network: self.client_network,
             pricing,
+            fleet: self.fleet.map(RawFleet::validate).transpose()?,
+            on_store_error: self.on_store_error,
         })
     }
 }
@@ -614,6 +681,23 @@ mod tests {
         assert_eq!(error_field(&header), "upstream_headers.service");
         header["upstream_headers"] = json!({"token_id": "Authorization"});
         assert_eq!(error_field(&header), "upstream_headers.token_id");
+    }
+
+    #[test]
+    fn fleet_store_defaults_and_errors() {
+        let mut v = base();
+        v["fleet"] = json!({"upstream": "etcd", "authority": "127.0.0.1:2379"});
+        let c = parse(&v).unwrap();
+        let fleet = c.fleet.unwrap();
+        assert_eq!((fleet.prefix.as_str(), fleet.revocation_poll_s, fleet.endpoint.timeout_ms), ("/l402/", 5, 500));
+        assert_eq!(c.on_store_error, OnStoreError::FailClosed);
+        v["fleet"]["revocation_poll_s"] = json!(0);
+        assert_eq!(error_field(&v), "fleet.revocation_poll_s");
+        v["fleet"] = json!({"upstream": "etcd", "authority": "x", "prefix": "l402"});
+        assert_eq!(error_field(&v), "fleet.prefix");
+        v["fleet"] = json!({"upstream": "etcd", "authority": "x"});
+        v["on_store_error"] = json!("fail_sideways");
+        assert_eq!(error_field(&v), "on_store_error");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! would take down the VM for every request on the worker. Every failure here becomes a value.
 
 use proxy_wasm::hostcalls;
+use crate::callout::Callout;
+use crate::config::Endpoint;
 use crate::response::grpc;
 use crate::store::{SharedStore, StoreError};
 use proxy_wasm::types::{BufferType, GrpcStatusCode, LogLevel, MapType, MetricType, Status};
@@ -57,8 +59,19 @@ pub fn set_tick_period(period: Duration) {
     let _ = hostcalls::set_tick_period(period);
 }
 
-pub fn dispatch(upstream: &str, headers: Vec<(&str, &str)>, body: &[u8], timeout: Duration) -> Result<u32, ()> {
-    hostcalls::dispatch_http_call(upstream, headers, Some(body), Vec::new(), timeout).map_err(drop)
+/// Dispatches a callout to an endpoint; its answer arrives in `on_http_call_response`.
+pub fn dispatch(endpoint: &Endpoint, request: &Callout) -> Result<u32, ()> {
+    let content_length = request.body.len().to_string();
+    let mut headers: Vec<(&str, &str)> = vec![
+        (":method", request.method),
+        (":path", &request.path),
+        (":authority", &endpoint.authority),
+        (":scheme", if endpoint.tls { "https" } else { "http" }),
+        ("content-length", &content_length),
+    ];
+    headers.extend(request.headers.iter().map(|(k, v)| (*k, v.as_str())));
+    let timeout = Duration::from_millis(u64::from(endpoint.timeout_ms));
+    hostcalls::dispatch_http_call(&endpoint.upstream, headers, Some(&request.body), Vec::new(), timeout).map_err(drop)
 }
 
 pub fn send_response(status: u32, headers: Vec<(&str, &str)>, body: &[u8]) {

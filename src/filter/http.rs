@@ -4,7 +4,8 @@
 
 use super::host::{self, HostStore};
 use super::root::Shared;
-use crate::config::{Config, Endpoint, PricingFallback, Service};
+use crate::config::{Config, Endpoint, OnStoreError, PricingFallback, Service};
+use crate::fleet::{self, Seen, TxnOutcome};
 use crate::gate::{decide, Decision, Refusal, RequestView};
 use crate::l402::caveats::{METHODS_SUFFIX, PATH_PREFIX_SUFFIX, PRICE_SUFFIX};
 use crate::l402::encoding::{base64_encode, hex_encode};
@@ -16,7 +17,7 @@ use crate::lightning::{
 use crate::pricing::{parse_quote, price_request, Quote};
 use crate::metrics::Counter;
 use crate::response::{self, is_grpc, LocalResponse, Offer};
-use crate::store::{self, StoreError};
+use crate::store;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 use std::rc::Rc;
@@ -40,7 +41,12 @@ enum Waiting {
     Invoice { service: Service, quote: Quote, token_id: [u8; 32], refusal: Option<Refusal> },
     /// The node's word that the token's invoice is settled.
     Settlement(Admission),
+    /// The fleet store's answer to a compare-and-swap on the token's use count.
+    Usage { admission: Admission, limit: u64, attempt: u8 },
 }
+
+/// Compare-and-swap rounds on a fleet use counter before the store counts as failing.
+const FLEET_CAS_ATTEMPTS: u8 = 4;
 
 pub struct Http {
     shared: Rc<Shared>,
@@ -73,10 +79,17 @@ impl Http {
         }
     }
 
-    fn store_failure(&self, error: StoreError) {
+    /// The store that counts uses failed: 503, or uncounted passage under `fail_open`.
+    fn store_failure(&mut self, error: &dyn std::fmt::Display, admission: Option<&Admission>) -> Action {
         self.shared.count(Counter::StoreErrors);
         host::log(LogLevel::Warn, &format!("shared store: {error}"));
-        self.respond(&response::gateway_failure("the gateway's shared store is unavailable"));
+        match (self.shared.config.on_store_error, admission) {
+            (OnStoreError::FailOpen, Some(admission)) => self.pass(admission),
+            _ => {
+                self.respond(&response::gateway_failure("the gateway's shared store is unavailable"));
+                Action::Pause
+            }
+        }
     }
 
     fn client_network(config: &Config) -> String {
@@ -88,17 +101,7 @@ impl Http {
 
     /// Sends a callout; the HTTP request stays paused until it is answered.
     fn call(&mut self, endpoint: &Endpoint, request: &Callout, waiting: Waiting) -> Action {
-        let content_length = request.body.len().to_string();
-        let mut headers: Vec<(&str, &str)> = vec![
-            (":method", request.method),
-            (":path", &request.path),
-            (":authority", &endpoint.authority),
-            (":scheme", if endpoint.tls { "https" } else { "http" }),
-            ("content-length", &content_length),
-        ];
-        headers.extend(request.headers.iter().map(|(k, v)| (*k, v.as_str())));
-        let timeout = Duration::from_millis(u64::from(endpoint.timeout_ms));
-        match host::dispatch(&endpoint.upstream, headers, &request.body, timeout) {
+        match host::dispatch(endpoint, request) {
             Ok(_) => self.waiting = Some((waiting, host::now())),
             Err(()) => {
                 self.shared.count(Counter::GatewayErrors);
@@ -127,24 +130,44 @@ impl Http {
                 let request = settlement_request(node.kind, &node.credential.0, &admission.identifier.payment_hash);
                 self.call_node(&request, Waiting::Settlement(admission))
             }
-            Err(e) => {
-                self.store_failure(e);
-                Action::Pause
-            }
+            Err(e) => self.store_failure(&e, None),
         }
     }
 
     fn count_use_and_hand_off(&mut self, admission: &Admission) -> Action {
-        if let Some(limit) = admission.service.uses {
-            match store::take_one(&HostStore, &key("uses", &admission.identifier.token_id), limit) {
-                Ok(true) => {}
-                Ok(false) => return self.challenge(admission.service.clone(), Some(Refusal::UsedUp)),
-                Err(e) => {
-                    self.store_failure(e);
-                    return Action::Pause;
-                }
-            }
+        let Some(limit) = admission.service.uses else { return self.pass(admission) };
+        let shared = Rc::clone(&self.shared);
+        if let Some(fleet) = &shared.config.fleet {
+            let request = fleet::count_use(&fleet::uses_key(&fleet.prefix, &admission.identifier.token_id), None);
+            let waiting = Waiting::Usage { admission: admission.clone(), limit, attempt: 1 };
+            return self.call(&fleet.endpoint, &request, waiting);
         }
+        match store::take_one(&HostStore, &key("uses", &admission.identifier.token_id), limit) {
+            Ok(true) => self.pass(admission),
+            Ok(false) => self.challenge(admission.service.clone(), Some(Refusal::UsedUp)),
+            Err(e) => self.store_failure(&e, Some(admission)),
+        }
+    }
+
+    /// The fleet store answered a use-count step: counted, used up, or try again.
+    fn counted(&mut self, admission: Admission, limit: u64, attempt: u8, answer: Result<TxnOutcome, NodeError>) -> Action {
+        let shared = Rc::clone(&self.shared);
+        let Some(fleet) = &shared.config.fleet else { return Action::Pause };
+        match answer {
+            Ok(TxnOutcome::Counted) => self.pass(&admission),
+            Ok(TxnOutcome::Changed(Seen { count, .. })) if count >= limit => {
+                self.challenge(admission.service, Some(Refusal::UsedUp))
+            }
+            Ok(TxnOutcome::Changed(seen)) if attempt < FLEET_CAS_ATTEMPTS => {
+                let request = fleet::count_use(&fleet::uses_key(&fleet.prefix, &admission.identifier.token_id), Some(&seen));
+                self.call(&fleet.endpoint, &request, Waiting::Usage { admission, limit, attempt: attempt.saturating_add(1) })
+            }
+            Ok(TxnOutcome::Changed(_)) => self.store_failure(&"use counter kept changing", Some(&admission)),
+            Err(error) => self.store_failure(&error, Some(&admission)),
+        }
+    }
+
+    fn pass(&self, admission: &Admission) -> Action {
         self.shared.count(Counter::Paid);
         self.hand_off(admission);
         Action::Continue
@@ -198,10 +221,7 @@ impl Http {
                     return Action::Continue;
                 }
                 Ok(false) => {}
-                Err(e) => {
-                    self.store_failure(e);
-                    return Action::Pause;
-                }
+                Err(e) => return self.store_failure(&e, None),
             }
         }
         if let Some(limit) = config.challenge_limit {
@@ -213,10 +233,7 @@ impl Http {
                     self.respond(&response::too_many_challenges(retry_after_s));
                     return Action::Pause;
                 }
-                Err(e) => {
-                    self.store_failure(e);
-                    return Action::Pause;
-                }
+                Err(e) => return self.store_failure(&e, None),
             }
         }
 
@@ -341,31 +358,38 @@ impl Context for Http {
         }
         let status = host::call_response_status();
         let body = if body_size > MAX_RESPONSE_BYTES { vec![0; MAX_RESPONSE_BYTES + 1] } else { host::call_response_body(body_size) };
-        match waiting {
-            Waiting::Price { service, refusal } => self.priced(service, refusal, parse_quote(status, &body)),
-            Waiting::Invoice { service, quote, token_id, refusal } => match parse_invoice(config.node.kind, status, &body) {
-                Ok(invoice) => {
-                    shared.count(Counter::ChallengesIssued);
-                    let reply = Self::payment_required(config, &service, &quote, token_id, refusal.as_ref(), invoice.payment_hash, &invoice.bolt11);
-                    self.respond(&reply);
+        let action = match waiting {
+            Waiting::Price { service, refusal } => {
+                self.priced(service, refusal, parse_quote(status, &body));
+                Action::Pause
+            }
+            Waiting::Invoice { service, quote, token_id, refusal } => {
+                match parse_invoice(config.node.kind, status, &body) {
+                    Ok(invoice) => {
+                        shared.count(Counter::ChallengesIssued);
+                        let reply = Self::payment_required(config, &service, &quote, token_id, refusal.as_ref(), invoice.payment_hash, &invoice.bolt11);
+                        self.respond(&reply);
+                    }
+                    Err(error) => self.node_failed(&error),
                 }
-                Err(error) => self.node_failed(&error),
-            },
+                Action::Pause
+            }
             Waiting::Settlement(admission) => match parse_settlement(config.node.kind, status, &body) {
-                Ok(true) => {
-                    if let Err(e) = store::set_flag(&HostStore, &key("settled", &admission.identifier.payment_hash)) {
-                        self.store_failure(e);
-                        return;
-                    }
-                    if let Action::Continue = self.count_use_and_hand_off(&admission) {
-                        host::resume_request();
-                    }
+                Ok(true) => match store::set_flag(&HostStore, &key("settled", &admission.identifier.payment_hash)) {
+                    Ok(()) => self.count_use_and_hand_off(&admission),
+                    Err(e) => self.store_failure(&e, None),
+                },
+                Ok(false) => self.challenge(admission.service, Some(Refusal::Unsettled)),
+                Err(error) => {
+                    self.node_failed(&error);
+                    Action::Pause
                 }
-                Ok(false) => {
-                    self.challenge(admission.service, Some(Refusal::Unsettled));
-                }
-                Err(error) => self.node_failed(&error),
             },
+            Waiting::Usage { admission, limit, attempt } => self.counted(admission, limit, attempt, fleet::parse_count(status, &body)),
+        };
+        // The request was paused for this call: let it go on if it was admitted.
+        if let Action::Continue = action {
+            host::resume_request();
         }
     }
 }
@@ -403,6 +427,9 @@ impl HttpContext for Http {
                 shared.count(Counter::Free);
                 self.remove_metering_headers();
                 Action::Continue
+            }
+            Decision::Paid { service, .. } if shared.is_revoked_in_fleet(&decision) => {
+                self.challenge(service.clone(), Some(Refusal::Revoked))
             }
             Decision::Paid { identifier, preimage_proven, service, price_msat } => {
                 let admission =

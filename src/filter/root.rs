@@ -4,22 +4,29 @@
 use super::host;
 use super::http::Http;
 use crate::config::Config;
+use crate::fleet;
+use crate::gate::Decision;
 use crate::gate::VerifiedCache;
 use crate::metrics::{Counter, Pending, CALLOUT_LATENCY_MS};
 use crate::pricing::QuoteCache;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel, MetricType};
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::Duration;
 
 /// Recently verified credentials kept per worker.
 const CACHE_ENTRIES: usize = 4096;
-/// How often counts are published to the host.
+/// Largest revocation list read from the fleet store.
+const MAX_REVOCATION_LIST_BYTES: usize = 16 * 1024 * 1024;
+/// How often counts are published to the host (and the revocation poll considered).
 const PUBLISH_PERIOD: Duration = Duration::from_secs(1);
 
 pub struct Shared {
     pub config: Config,
+    /// Token ids revoked through the fleet store, as of the last poll.
+    pub fleet_revoked: RefCell<HashSet<[u8; 32]>>,
     pub cache: RefCell<VerifiedCache>,
     pub counts: Pending,
     pub quotes: RefCell<QuoteCache>,
@@ -31,6 +38,13 @@ impl Shared {
     pub fn count(&self, counter: Counter) {
         self.counts.bump(counter);
     }
+
+    pub fn is_revoked_in_fleet(&self, decision: &Decision<'_>) -> bool {
+        match decision {
+            Decision::Paid { identifier, .. } => self.fleet_revoked.borrow().contains(&identifier.token_id),
+            _ => false,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -38,9 +52,43 @@ pub struct Root {
     shared: Option<Rc<Shared>>,
     /// Host metric ids, in the order of `Counter::ALL`.
     counter_ids: Vec<Option<u32>>,
+    /// When the fleet's revocation list is next read (unix seconds), and whether a read is under way.
+    next_revocation_poll: u64,
+    polling: bool,
 }
 
-impl Context for Root {}
+impl Root {
+    /// Reads the fleet's revocation list every `revocation_poll_s`, one read at a time.
+    fn poll_revocations(&mut self, shared: &Shared) {
+        let Some(fleet) = &shared.config.fleet else { return };
+        let now = host::now_unix();
+        if self.polling || now < self.next_revocation_poll {
+            return;
+        }
+        self.next_revocation_poll = now.saturating_add(fleet.revocation_poll_s);
+        self.polling = host::dispatch(&fleet.endpoint, &fleet::list_revoked(&fleet.prefix)).is_ok();
+        if !self.polling {
+            shared.count(Counter::StoreErrors);
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, _token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        self.polling = false;
+        let Some(shared) = &self.shared else { return };
+        let Some(fleet) = &shared.config.fleet else { return };
+        let body = host::call_response_body(body_size.min(MAX_REVOCATION_LIST_BYTES));
+        match fleet::parse_revoked(&fleet.prefix, host::call_response_status(), &body) {
+            Ok(revoked) => *shared.fleet_revoked.borrow_mut() = revoked,
+            Err(error) => {
+                // The last list read stays in force.
+                shared.count(Counter::StoreErrors);
+                host::log(LogLevel::Warn, &format!("reading the fleet's revocation list failed: {error}"));
+            }
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -51,6 +99,7 @@ impl RootContext for Root {
                 self.shared = Some(Rc::new(Shared {
                     config,
                     cache: RefCell::new(VerifiedCache::new(CACHE_ENTRIES)),
+                    fleet_revoked: RefCell::new(HashSet::new()),
                     counts: Pending::default(),
                     quotes: RefCell::new(QuoteCache::default()),
                     latency_metric: host::define_metric(MetricType::Histogram, CALLOUT_LATENCY_MS),
@@ -66,7 +115,8 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        let Some(shared) = &self.shared else { return };
+        let Some(shared) = self.shared.clone() else { return };
+        self.poll_revocations(&shared);
         for (counter, count) in shared.counts.drain() {
             if let Some(Some(id)) = self.counter_ids.get(counter as usize) {
                 host::increment_metric(*id, count);

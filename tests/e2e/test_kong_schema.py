@@ -108,6 +108,9 @@ def full() -> dict[str, Any]:
         "client_network": {"ipv4_prefix": 32, "ipv6_prefix": 0},
         "pricing": {"upstream": "pricer", "authority": "pricer.internal:8080", "path": "/price", "tls": True,
                     "timeout_ms": 250, "cache_s": 30, "headers": ["x-model"], "on_error": "static"},
+        "fleet": {"upstream": "etcd", "authority": "etcd.internal:2379", "tls": True, "timeout_ms": 300,
+                  "prefix": "/gateways/l402/", "revocation_poll_s": 10},
+        "on_store_error": "fail_open",
     }
 
 
