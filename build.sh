@@ -86,6 +86,11 @@ ensure_node_clients() {
     stamp_write "$stamp" "$key"
 }
 
+# etcd: the fleet store of the fleet-mode tests (Debian's etcd-server).
+ensure_etcd() {
+    have etcd || apt_install etcd-server
+}
+
 # --- build and run ----------------------------------------------------------------------------
 
 build_wasm() {
@@ -101,8 +106,10 @@ run_tests() {
     cargo clippy --quiet --lib --target "$WASM_TARGET" -- -D warnings
     log "cargo test"
     cargo test
+    log "fuzzing, ${FUZZ_SECONDS:-10} s per target (scripts/fuzz.sh for longer runs)"
+    scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
     log "pytest tests"
-    rm -rf .run/envoy-* .run/lnbits-*   # temp dirs (logs) of the previous run
+    rm -rf .run/envoy-* .run/lnbits-* .run/etcd-*   # temp dirs (logs) of the previous run
     .venv/bin/python -m pytest tests -q
 }
 
@@ -143,6 +150,7 @@ cmd_setup() {
     timed ensure_venv
     timed ensure_lnbits
     timed ensure_node_clients
+    timed ensure_etcd
 }
 
 cmd_test() {
