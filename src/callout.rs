@@ -11,8 +11,18 @@ pub struct Callout {
     pub body: Vec<u8>,
 }
 
-pub(crate) fn json_body(value: &serde_json::Value) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_default()
+impl Callout {
+    /// A POST of a JSON body, with `auth` (the credential header, if any) and the content type.
+    pub fn post_json(path: impl Into<String>, auth: Option<(&'static str, &str)>, body: &serde_json::Value) -> Callout {
+        let mut headers: Vec<(&'static str, String)> = auth.map(|(name, value)| (name, value.to_owned())).into_iter().collect();
+        headers.push(("content-type", "application/json".to_owned()));
+        Callout { method: "POST", path: path.into(), headers, body: serde_json::to_vec(body).unwrap_or_default() }
+    }
+
+    /// A GET with the credential header.
+    pub fn get(path: impl Into<String>, auth: (&'static str, &str)) -> Callout {
+        Callout { method: "GET", path: path.into(), headers: vec![(auth.0, auth.1.to_owned())], body: Vec::new() }
+    }
 }
 
 pub(crate) fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, NodeError> {

@@ -3,11 +3,11 @@
 //! Pure: requests as data, answers parsed. Keys and values travel base64-encoded, as the gateway
 //! requires; 64-bit numbers arrive as strings (proto3 JSON).
 
-use crate::callout::{json_body, parse_json, Callout};
+use crate::callout::{parse_json, Callout};
 use crate::l402::encoding::{base64_decode, base64_encode, hex_decode_array, hex_encode};
 use crate::lightning::NodeError;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::HashSet;
 
 /// Most revoked token ids read per poll; the list is meant for exceptions.
@@ -28,15 +28,6 @@ pub struct Seen {
     pub mod_revision: String,
 }
 
-fn txn_callout(body: Value) -> Callout {
-    Callout {
-        method: "POST",
-        path: "/v3/kv/txn".to_owned(),
-        headers: vec![("content-type", "application/json".to_owned())],
-        body: json_body(&body),
-    }
-}
-
 /// One compare-and-swap step on a use counter: if it is still as `seen`, write `seen + 1`;
 /// otherwise read it back.
 pub fn count_use(key: &str, seen: Option<&Seen>) -> Callout {
@@ -48,11 +39,12 @@ pub fn count_use(key: &str, seen: Option<&Seen>) -> Callout {
             s.count.saturating_add(1),
         ),
     };
-    txn_callout(json!({
+    let txn = json!({
         "compare": [compare],
         "success": [{ "request_put": { "key": key64, "value": base64_encode(next.to_string().as_bytes()) } }],
         "failure": [{ "request_range": { "key": key64 } }],
-    }))
+    });
+    Callout::post_json("/v3/kv/txn", None, &txn)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,17 +126,13 @@ pub fn list_revoked(prefix: &str) -> Callout {
     if let Some(last) = end.last_mut() {
         *last = last.saturating_add(1);
     }
-    Callout {
-        method: "POST",
-        path: "/v3/kv/range".to_owned(),
-        headers: vec![("content-type", "application/json".to_owned())],
-        body: json_body(&json!({
-            "key": base64_encode(start.as_bytes()),
-            "range_end": base64_encode(&end),
-            "keys_only": true,
-            "limit": MAX_REVOKED.to_string(),
-        })),
-    }
+    let range = json!({
+        "key": base64_encode(start.as_bytes()),
+        "range_end": base64_encode(&end),
+        "keys_only": true,
+        "limit": MAX_REVOKED.to_string(),
+    });
+    Callout::post_json("/v3/kv/range", None, &range)
 }
 
 /// Token ids named by the keys under the revocation prefix; other keys are ignored.
@@ -164,6 +152,7 @@ pub fn parse_revoked(prefix: &str, status: Option<u32>, body: &[u8]) -> Result<H
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn body(c: &Callout) -> Value {
         serde_json::from_slice(&c.body).unwrap()

@@ -1,7 +1,7 @@
 //! Dynamic prices: the operator's pricing endpoint names the price of a request, and the answer is
 //! cached per (method, path) for a while. Pure: requests as data, answers parsed into a [`Quote`].
 
-use crate::callout::{json_body, parse_json, Callout};
+use crate::callout::{parse_json, Callout};
 use crate::config::{is_token_text, Pricing};
 use crate::lightning::NodeError;
 use serde::Deserialize;
@@ -25,12 +25,7 @@ pub struct Quote {
 pub fn price_request(pricing: &Pricing, method: &str, path: &str, service: &str, headers: &[(String, String)]) -> Callout {
     let headers: Map<String, Value> = headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
     let body = json!({ "method": method, "path": path, "service": service, "headers": headers });
-    Callout {
-        method: "POST",
-        path: pricing.path.clone(),
-        headers: vec![("content-type", "application/json".to_owned())],
-        body: json_body(&body),
-    }
+    Callout::post_json(pricing.path.clone(), None, &body)
 }
 
 #[derive(Deserialize)]

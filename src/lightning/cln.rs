@@ -1,7 +1,7 @@
 //! Core Lightning's clnrest: `POST /v1/invoice` with JSON params, authenticated by a `Rune` header.
 
 use super::{Callout, Invoice, InvoiceOrder, NodeError};
-use crate::callout::{json_body, parse_json};
+use crate::callout::parse_json;
 use crate::l402::encoding::hex_decode_array;
 use serde::Deserialize;
 use serde_json::json;
@@ -13,12 +13,7 @@ pub fn create_invoice(rune: &str, order: &InvoiceOrder<'_>) -> Callout {
         "description": order.memo,
         "expiry": order.expiry_s,
     });
-    Callout {
-        method: "POST",
-        path: "/v1/invoice".to_owned(),
-        headers: vec![("rune", rune.to_owned()), ("content-type", "application/json".to_owned())],
-        body: json_body(&body),
-    }
+    Callout::post_json("/v1/invoice", Some(("rune", rune)), &body)
 }
 
 #[derive(Deserialize)]
@@ -35,12 +30,7 @@ pub fn parse_created(body: &[u8]) -> Result<Invoice, NodeError> {
 }
 
 pub fn list_invoices(rune: &str, payment_hash_hex: &str) -> Callout {
-    Callout {
-        method: "POST",
-        path: "/v1/listinvoices".to_owned(),
-        headers: vec![("rune", rune.to_owned()), ("content-type", "application/json".to_owned())],
-        body: json_body(&json!({ "payment_hash": payment_hash_hex })),
-    }
+    Callout::post_json("/v1/listinvoices", Some(("rune", rune)), &json!({ "payment_hash": payment_hash_hex }))
 }
 
 #[derive(Deserialize)]

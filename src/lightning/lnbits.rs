@@ -1,7 +1,7 @@
 //! LNbits: `POST /api/v1/payments` with `"out": false`, authenticated by the wallet's invoice key.
 
 use super::{Callout, Invoice, InvoiceOrder, NodeError};
-use crate::callout::{json_body, parse_json};
+use crate::callout::parse_json;
 use crate::l402::encoding::hex_decode_array;
 use serde::Deserialize;
 use serde_json::json;
@@ -15,12 +15,7 @@ pub fn create_invoice(invoice_key: &str, order: &InvoiceOrder<'_>) -> Callout {
         "memo": order.memo,
         "expiry": order.expiry_s,
     });
-    Callout {
-        method: "POST",
-        path: "/api/v1/payments".to_owned(),
-        headers: vec![("x-api-key", invoice_key.to_owned()), ("content-type", "application/json".to_owned())],
-        body: json_body(&body),
-    }
+    Callout::post_json("/api/v1/payments", Some(("x-api-key", invoice_key)), &body)
 }
 
 #[derive(Deserialize)]
@@ -40,12 +35,7 @@ pub fn parse_created(body: &[u8]) -> Result<Invoice, NodeError> {
 }
 
 pub fn payment_status(invoice_key: &str, payment_hash_hex: &str) -> Callout {
-    Callout {
-        method: "GET",
-        path: format!("/api/v1/payments/{payment_hash_hex}"),
-        headers: vec![("x-api-key", invoice_key.to_owned())],
-        body: Vec::new(),
-    }
+    Callout::get(format!("/api/v1/payments/{payment_hash_hex}"), ("x-api-key", invoice_key))
 }
 
 #[derive(Deserialize)]

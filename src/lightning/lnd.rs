@@ -2,7 +2,9 @@
 //! (64-bit integers as strings, `bytes` as base64).
 
 use super::{Callout, Invoice, InvoiceOrder, NodeError};
-use crate::callout::{json_body, parse_json};
+use crate::callout::parse_json;
+
+const MACAROON_HEADER: &str = "grpc-metadata-macaroon";
 use crate::l402::encoding::base64_decode;
 use serde::Deserialize;
 use serde_json::json;
@@ -13,12 +15,7 @@ pub fn create_invoice(macaroon_hex: &str, order: &InvoiceOrder<'_>) -> Callout {
         "memo": order.memo,
         "expiry": order.expiry_s.to_string(),
     });
-    Callout {
-        method: "POST",
-        path: "/v1/invoices".to_owned(),
-        headers: vec![("grpc-metadata-macaroon", macaroon_hex.to_owned()), ("content-type", "application/json".to_owned())],
-        body: json_body(&body),
-    }
+    Callout::post_json("/v1/invoices", Some((MACAROON_HEADER, macaroon_hex)), &body)
 }
 
 #[derive(Deserialize)]
@@ -36,12 +33,7 @@ pub fn parse_created(body: &[u8]) -> Result<Invoice, NodeError> {
 }
 
 pub fn lookup_invoice(macaroon_hex: &str, payment_hash_hex: &str) -> Callout {
-    Callout {
-        method: "GET",
-        path: format!("/v1/invoice/{payment_hash_hex}"),
-        headers: vec![("grpc-metadata-macaroon", macaroon_hex.to_owned())],
-        body: Vec::new(),
-    }
+    Callout::get(format!("/v1/invoice/{payment_hash_hex}"), (MACAROON_HEADER, macaroon_hex))
 }
 
 #[derive(Deserialize)]
