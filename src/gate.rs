@@ -8,6 +8,7 @@ use crate::l402::{authenticate, authenticate_without_preimage, Identifier, Requi
 use crate::policy;
 use core::fmt;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// The parts of a request the gate reads.
 #[derive(Debug, Clone, Copy)]
@@ -99,11 +100,38 @@ impl Form {
     }
 }
 
+/// Hashes a credential by its length and last 64 bytes (the preimage, or the signature in the hex
+/// form: random per token) with FNV-1a, instead of SipHash over the whole header. Its weakness to
+/// chosen collisions costs nothing here: only authenticated credentials are ever inserted, and a
+/// lookup still compares the full text.
+struct TailHasher(u64);
+
+impl Default for TailHasher {
+    fn default() -> TailHasher {
+        TailHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for TailHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let tail = bytes.get(bytes.len().saturating_sub(64)..).unwrap_or(bytes);
+        for byte in tail.iter().chain(&(bytes.len() as u64).to_le_bytes()) {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type CredentialMap = HashMap<Box<str>, Token, BuildHasherDefault<TailHasher>>;
+
 /// Credentials verified recently, keyed by their form and exact header text: a hit proves these
 /// bytes were authenticated in this form, so only the cheap caveat check runs again, with the
 /// current time and route. Bounded: when full it starts over, which keeps memory flat.
 pub struct VerifiedCache {
-    entries: [HashMap<Box<str>, Token>; FORMS],
+    entries: [CredentialMap; FORMS],
     capacity: usize,
 }
 
@@ -113,11 +141,11 @@ impl VerifiedCache {
     }
 
     pub fn len(&self) -> usize {
-        self.entries.iter().map(HashMap::len).sum()
+        self.entries.iter().map(CredentialMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.iter().all(HashMap::is_empty)
+        self.entries.iter().all(CredentialMap::is_empty)
     }
 
     fn authenticate(&mut self, config: &Config, header: &str, form: Form) -> Result<&Token, VerifyError> {
@@ -125,7 +153,7 @@ impl VerifiedCache {
         if !cached {
             let token = form.authenticate(&config.secrets, header)?;
             if self.len() >= self.capacity {
-                self.entries.iter_mut().for_each(HashMap::clear);
+                self.entries.iter_mut().for_each(CredentialMap::clear);
             }
             if let Some(entries) = self.entries.get_mut(form as usize) {
                 entries.insert(header.into(), token);
