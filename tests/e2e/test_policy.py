@@ -1,18 +1,22 @@
 """Pricing and access policy through a real Envoy (invoices from the LND simulator over TLS): prices in
 sat and msat, one service per token, capabilities, route matching (path, glob, host, methods, first
 match wins, unmatched requests), restricted tokens, freebies, what the upstream is handed, and dynamic
-prices from an operator's pricing endpoint. The upstream's request log is the ground truth for what
+prices from an operator's pricing endpoint (asked, cached, minted, and its outage). The upstream's request log is the ground truth for what
 passed."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
 
 import bolt11
 import pytest
 
 from attacks import RecordingUpstream, wait_until
+from harness import free_port
 from test_filter_support import (
     Backend, Gateway, assert_challenge, challenge_parts, http_from, inspect, mint, token_id_of,
 )
@@ -275,3 +279,188 @@ def test_upstream_handoff_configured(gw_custom, log):
         assert header_copies(free, name) == [], (name, free["header_list"])
     # With the service header turned off the filter sets none: x-l402-service is an ordinary header.
     assert header_copies(paid, "x-l402-service") == ["forged"]
+
+
+# -- dynamic prices -------------------------------------------------------------------------------
+
+class Pricer:
+    """The operator's pricing endpoint on 127.0.0.1: answers every POST with ``answer`` (after
+    ``delay_s``, with ``status``) and records each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.answer: dict[str, Any] = {"price_msat": 1_000}
+        self.status = 200
+        self.delay_s = 0.0
+        self.lock = threading.Lock()
+        pricer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with pricer.lock:
+                    pricer.calls.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
+                                         "body": json.loads(body) if body else None})
+                    status, answer, delay = pricer.status, pricer.answer, pricer.delay_s
+                time.sleep(delay)
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def set(self, answer: dict[str, Any] | None = None, status: int = 200, delay_s: float = 0.0) -> None:
+        with self.lock:
+            self.answer = answer if answer is not None else self.answer
+            self.status, self.delay_s = status, delay_s
+            self.calls.clear()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def with_pricer_cluster(port: int):
+    """Adds the Envoy cluster ``pricer`` (127.0.0.1:port) to a shipped template."""
+    def edit(template: str) -> str:
+        assert template.rstrip().splitlines()[-1].startswith("              matcher:"), "clusters must end the file"
+        return template.rstrip("\n") + f"""
+  - name: pricer
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: pricer
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}
+"""
+    return edit
+
+
+PRICING_TIMEOUT_MS = 500
+
+
+def priced_gateway(lnd, up, pricer: Pricer, on_error: str, **route: Any) -> Gateway:
+    pricing = {"upstream": "pricer", "authority": f"127.0.0.1:{pricer.port}", "path": "/price", "tls": False,
+               "timeout_ms": PRICING_TIMEOUT_MS, "cache_s": 60, "headers": ["x-model"], "on_error": on_error}
+    routes = [{"match": {"path_prefix": "/llm/"}, "service": "llm", "dynamic_price": True, **route}]
+    return Gateway(lnd, up.port, routes, pricing=pricing, template_edit=with_pricer_cluster(pricer.port))
+
+
+@pytest.fixture(scope="module")
+def pricer() -> Iterator[Pricer]:
+    p = Pricer()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+@pytest.fixture(scope="module")
+def gw_priced(lnd, up, pricer) -> Iterator[Gateway]:
+    g = priced_gateway(lnd, up, pricer, "deny")
+    try:
+        yield g
+    finally:
+        g.stop()
+
+
+@pytest.fixture(scope="module")
+def gw_priced_static(lnd, up, pricer) -> Iterator[Gateway]:
+    g = priced_gateway(lnd, up, pricer, "static", price_sat=21)
+    try:
+        yield g
+    finally:
+        g.stop()
+
+
+def test_dynamic_price_is_asked_cached_and_minted(gw_priced, pricer, log):
+    g = gw_priced
+    pricer.set({"price_msat": 4_242, "lifetime_s": 120, "capabilities": ["gpt", "long"]})
+    t0 = int(time.time())
+    r = g.request("/llm/chat?x=1", headers={"X-Model": "big", "X-Other": "not sent"})
+    mac, invoice = challenged(r, "payment_required", "llm", 4_242)
+    (call,) = pricer.calls
+    assert call["path"] == "/price" and call["headers"]["content-type"] == "application/json"
+    assert call["body"] == {"method": "GET", "path": "/llm/chat?x=1", "service": "llm", "headers": {"x-model": "big"}}
+    caveats = inspect(mac)["caveats"]
+    assert "llm_capabilities=gpt,long" in caveats and "llm_price_msat=4242" in caveats, caveats
+    (until,) = [int(c.split("=", 1)[1]) for c in caveats if c.startswith("llm_valid_until=")]
+    assert t0 + 120 <= until <= int(time.time()) + 120
+
+    # Cached per (method, path), whatever the headers: no new call, the same price.
+    pricer.set({"price_msat": 9_999})
+    for headers in ({"X-Model": "big"}, {"X-Model": "small"}, {}):
+        challenged(g.request("/llm/chat?x=1", headers=headers), "payment_required", "llm", 4_242)
+    assert pricer.calls == []
+    # Another path, another method: asked again.
+    pricer.set({"price_sat": 5})
+    challenged(g.request("/llm/other"), "payment_required", "llm", 5_000)
+    challenged(g.request("/llm/chat?x=1", method="POST", body=b"{}"), "payment_required", "llm", 5_000)
+    assert [c["body"]["path"] for c in pricer.calls] == ["/llm/other", "/llm/chat?x=1"]
+    assert [c["body"]["method"] for c in pricer.calls] == ["GET", "POST"]
+    assert pricer.calls[0]["body"]["headers"] == {}
+
+    # The token bought at the quoted price opens the route; the upstream is told that price.
+    cred = f"L402 {mac}:{g.backend.pay(invoice)}"
+    pricer.set()
+    assert g.request("/llm/chat?x=1", cred).status == 200
+    assert g.request("/llm/anything", cred).status == 200
+    assert pricer.calls == [], "a paid request asked the pricer"
+    assert [(e["path"], header_copies(e, "x-l402-price-msat")) for e in log.requests()] == [
+        ("/llm/chat?x=1", ["4242"]), ("/llm/anything", ["4242"])]
+
+
+@pytest.mark.parametrize("fault", ["status500", "bad_answer", "slow"])
+def test_pricing_outage_denies(gw_priced, pricer, log, fault):
+    g = gw_priced
+    pricer.set({"price_msat": 1_000})
+    cred = g.buy(f"/llm/bought-{fault}")
+    creates = g.backend.sim.stats()["invoice_create"]
+    pricer.set(*{"status500": ({"error": "down"}, 500), "bad_answer": ({"price_msat": 0}, 200),
+                 "slow": ({"price_msat": 1_000}, 200, PRICING_TIMEOUT_MS / 1000 * 3)}[fault])
+    path = f"/llm/outage-{fault}"
+    t0 = time.monotonic()
+    r = g.request(path)
+    elapsed = time.monotonic() - t0
+    assert r.status == 503, (r.status, r.text)
+    assert r.json()["reason"] == "pricing_unavailable" and r.headers.get("retry-after") == "5", r.json()
+    assert "www-authenticate" not in r.headers
+    assert len(pricer.calls) == 1
+    if fault == "slow":
+        assert elapsed < PRICING_TIMEOUT_MS / 1000 + 0.7, elapsed
+    assert g.backend.sim.stats()["invoice_create"] == creates, "an invoice without a price"
+    # A paid request needs no price: it passes during the outage.
+    assert g.request(path, cred).status == 200
+    assert len(pricer.calls) == 1
+    # A failed answer is not cached: once the pricer is back the path is priced.
+    pricer.set({"price_msat": 3_000})
+    time.sleep(PRICING_TIMEOUT_MS / 1000 * 3 if fault == "slow" else 0)
+    challenged(g.request(path), "payment_required", "llm", 3_000)
+    assert [(e["path"], header_copies(e, "x-l402-price-msat")) for e in log.requests()] == [(path, ["1000"])]
+
+
+def test_pricing_outage_falls_back_to_the_static_price(gw_priced_static, pricer, log):
+    g = gw_priced_static
+    pricer.set({"error": "down"}, status=500)
+    r = g.request("/llm/chat")
+    mac, invoice = challenged(r, "payment_required", "llm", 21_000)
+    assert len(pricer.calls) == 1
+    cred = f"L402 {mac}:{g.backend.pay(invoice)}"
+    assert g.request("/llm/chat", cred).status == 200
+    (e,) = log.requests()
+    assert header_copies(e, "x-l402-price-msat") == ["21000"]
+    # When the pricer answers again, its price is used.
+    pricer.set({"price_msat": 2_500})
+    challenged(g.request("/llm/next"), "payment_required", "llm", 2_500)
