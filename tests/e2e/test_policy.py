@@ -1,8 +1,8 @@
 """Pricing and access policy through a real Envoy (invoices from the LND simulator over TLS): prices in
 sat and msat, one service per token, capabilities, route matching (path, glob, host, methods, first
 match wins, unmatched requests), restricted tokens, freebies, what the upstream is handed, and dynamic
-prices from an operator's pricing endpoint (asked, cached, minted, and its outage). The upstream's request log is the ground truth for what
-passed."""
+prices from an operator's pricing endpoint (asked, cached, minted, and its outage). The upstream's
+request log is the ground truth for what passed."""
 
 from __future__ import annotations
 
@@ -334,7 +334,8 @@ class Pricer:
 def with_pricer_cluster(port: int):
     """Adds the Envoy cluster ``pricer`` (127.0.0.1:port) to a shipped template."""
     def edit(template: str) -> str:
-        assert template.rstrip().splitlines()[-1].startswith("              matcher:"), "clusters must end the file"
+        tail = template[template.index("\n  clusters:\n"):]
+        assert not [l for l in tail.splitlines()[2:] if l[:1].isalpha()], "the clusters must end the template"
         return template.rstrip("\n") + f"""
   - name: pricer
     type: STATIC
