@@ -390,8 +390,7 @@ impl Config {
         let document: serde_json::Value =
             serde_json::from_slice(json).map_err(|e| ConfigError::new("config", e.to_string()))?;
         check_lists(&document, "", "")?;
-        let mut deserializer = serde_json::Deserializer::from_slice(json);
-        let raw: RawConfig = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let raw: RawConfig = serde_path_to_error::deserialize(&document).map_err(|e| {
             let path = e.path().to_string();
             let field = if path == "." || path == "?" { "config".to_owned() } else { path };
             ConfigError::new(field, e.into_inner().to_string())
