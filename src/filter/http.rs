@@ -7,7 +7,8 @@ use super::root::Shared;
 use crate::config::{Config, Endpoint, OnStoreError, PricingFallback, Service};
 use crate::fleet::{self, Seen, TxnOutcome};
 use crate::gate::{decide, Decision, Refusal, RequestView};
-use crate::l402::caveats::{METHODS_SUFFIX, PATH_PREFIX_SUFFIX, PRICE_SUFFIX};
+use crate::l402::caveats::{METHODS_SUFFIX, PATH_PREFIX_SUFFIX, PATH_SUFFIX, PRICE_SUFFIX};
+use crate::policy::path_only;
 use crate::l402::encoding::{base64_encode, hex_encode};
 use crate::l402::{mint, Grant, Identifier};
 use crate::lightning::{
@@ -303,7 +304,7 @@ impl Http {
     }
 
     fn payment_required(
-        config: &Config,
+        &self,
         service: &Service,
         quote: &Quote,
         token_id: [u8; 32],
@@ -311,8 +312,12 @@ impl Http {
         payment_hash: [u8; 32],
         invoice: &str,
     ) -> LocalResponse {
+        let config = &self.shared.config;
         let mut constraints = Vec::new();
         if service.dynamic_price {
+            // The price was quoted for this method and path: the token opens only those.
+            constraints.push((format!("{}{PATH_SUFFIX}", service.name), path_only(&self.path).to_owned()));
+            constraints.push((format!("{}{METHODS_SUFFIX}", service.name), self.method.clone()));
             constraints.push((format!("{}{PRICE_SUFFIX}", service.name), quote.price_msat.to_string()));
         }
         if let Some(prefix) = &service.restrict_path_prefix {
@@ -367,7 +372,7 @@ impl Context for Http {
                 match parse_invoice(config.node.kind, status, &body) {
                     Ok(invoice) => {
                         shared.count(Counter::ChallengesIssued);
-                        let reply = Self::payment_required(config, &service, &quote, token_id, refusal.as_ref(), invoice.payment_hash, &invoice.bolt11);
+                        let reply = self.payment_required(&service, &quote, token_id, refusal.as_ref(), invoice.payment_hash, &invoice.bolt11);
                         self.respond(&reply);
                     }
                     Err(error) => self.node_failed(&error),

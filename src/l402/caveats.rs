@@ -1,6 +1,7 @@
 //! Aperture's first-party caveats and their rules: `services=<name>:<tier>,…`,
 //! `<service>_capabilities=<a>,<b>…` and `<service>_valid_until=<unix seconds>`, and our own
-//! `<service>_path_prefix=<prefix>` and `<service>_methods=<GET>,…` restrictions.
+//! `<service>_path_prefix=<prefix>`, `<service>_path=<path>` and `<service>_methods=<GET>,…`
+//! restrictions.
 //!
 //! Caveats with the same key form a group in which each must narrow the one before it (a subset of
 //! services with equal tiers, a subset of capabilities, an equal or earlier expiry); the last of a
@@ -12,6 +13,7 @@ pub const CAPABILITIES_SUFFIX: &str = "_capabilities";
 pub const VALID_UNTIL_SUFFIX: &str = "_valid_until";
 pub const PATH_PREFIX_SUFFIX: &str = "_path_prefix";
 pub const METHODS_SUFFIX: &str = "_methods";
+pub const PATH_SUFFIX: &str = "_path";
 /// Informational: the price a dynamically priced token was bought at. Holders can only append
 /// caveats, so the first one is the gateway's.
 pub const PRICE_SUFFIX: &str = "_price_msat";
@@ -101,6 +103,7 @@ pub fn check(caveats: &[String], need: &Requirement<'_>) -> Result<Option<u64>, 
     let mut capabilities: Option<&str> = None;
     let mut valid_until: Option<u64> = None;
     let mut path_prefix: Option<&str> = None;
+    let mut exact_path: Option<&str> = None;
     let mut methods: Option<&str> = None;
 
     for caveat in caveats {
@@ -130,6 +133,11 @@ pub fn check(caveats: &[String], need: &Requirement<'_>) -> Result<Option<u64>, 
                 return Err(CaveatError::Widened("path_prefix"));
             }
             path_prefix = Some(value);
+        } else if is_service_key(key, need.service, PATH_SUFFIX) {
+            if exact_path.is_some_and(|previous| value != previous) {
+                return Err(CaveatError::Widened("path"));
+            }
+            exact_path = Some(value);
         } else if is_service_key(key, need.service, METHODS_SUFFIX) {
             if methods.is_some_and(|previous| !is_subset(value, previous)) {
                 return Err(CaveatError::Widened("methods"));
@@ -156,6 +164,7 @@ pub fn check(caveats: &[String], need: &Requirement<'_>) -> Result<Option<u64>, 
         return Err(CaveatError::Expired);
     }
     if path_prefix.is_some_and(|prefix| !need.path.starts_with(prefix))
+        || exact_path.is_some_and(|path| need.path != path)
         || methods.is_some_and(|list| !list.split(',').any(|m| m.trim().eq_ignore_ascii_case(need.method)))
     {
         return Err(CaveatError::Restricted);
@@ -234,6 +243,12 @@ mod tests {
         assert_eq!(check(&narrowed, &need("weather", &[], 0)), Ok(None));
         let widened = caveats(&["services=weather:0", "weather_path_prefix=/v1/", "weather_path_prefix=/"]);
         assert_eq!(check(&widened, &need("weather", &[], 0)), Err(CaveatError::Widened("path_prefix")));
+        let exact = caveats(&["services=weather:0", "weather_path=/v1/forecast"]);
+        assert_eq!(check(&exact, &need("weather", &[], 0)), Ok(None));
+        let other = Requirement { path: "/v1/forecast/extra", ..need("weather", &[], 0) };
+        assert_eq!(check(&exact, &other), Err(CaveatError::Restricted));
+        let moved = caveats(&["services=weather:0", "weather_path=/v1/forecast", "weather_path=/v1/radar"]);
+        assert_eq!(check(&moved, &need("weather", &[], 0)), Err(CaveatError::Widened("path")));
         let methods = caveats(&["services=weather:0", "weather_methods=GET", "weather_methods=GET,POST"]);
         assert_eq!(check(&methods, &need("weather", &[], 0)), Err(CaveatError::Widened("methods")));
     }

@@ -413,14 +413,17 @@ def test_dynamic_price_is_asked_cached_and_minted(gw_priced, pricer, log):
     assert [c["body"]["method"] for c in pricer.calls] == ["GET", "POST"]
     assert pricer.calls[0]["body"]["headers"] == {}
 
-    # The token bought at the quoted price opens the route; the upstream is told that price.
+    # The token bought at the quoted price opens the method and path it was quoted for (any query),
+    # nothing else of the service; the upstream is told that price.
+    assert "llm_path=/llm/chat" in caveats and "llm_methods=GET" in caveats, caveats
     cred = f"L402 {mac}:{g.backend.pay(invoice)}"
     pricer.set()
     assert g.request("/llm/chat?x=1", cred).status == 200
-    assert g.request("/llm/anything", cred).status == 200
-    assert pricer.calls == [], "a paid request asked the pricer"
+    assert g.request("/llm/chat?x=2", cred).status == 200
+    assert g.request("/llm/chat", cred, method="POST").status == 402
+    assert g.request("/llm/anything", cred).status == 402
     assert [(e["path"], header_copies(e, "x-l402-price-msat")) for e in log.requests()] == [
-        ("/llm/chat?x=1", ["4242"]), ("/llm/anything", ["4242"])]
+        ("/llm/chat?x=1", ["4242"]), ("/llm/chat?x=2", ["4242"])]
 
 
 @pytest.mark.parametrize("fault", ["status500", "bad_answer", "slow"])
@@ -443,13 +446,13 @@ def test_pricing_outage_denies(gw_priced, pricer, log, fault):
         assert elapsed < PRICING_TIMEOUT_MS / 1000 + 0.7, elapsed
     assert g.backend.sim.stats()["invoice_create"] == creates, "an invoice without a price"
     # A paid request needs no price: it passes during the outage.
-    assert g.request(path, cred).status == 200
+    assert g.request(f"/llm/bought-{fault}", cred).status == 200
     assert len(pricer.calls) == 1
     # A failed answer is not cached: once the pricer is back the path is priced.
     pricer.set({"price_msat": 3_000})
     time.sleep(PRICING_TIMEOUT_MS / 1000 * 3 if fault == "slow" else 0)
     challenged(g.request(path), "payment_required", "llm", 3_000)
-    assert [(e["path"], header_copies(e, "x-l402-price-msat")) for e in log.requests()] == [(path, ["1000"])]
+    assert [(e["path"], header_copies(e, "x-l402-price-msat")) for e in log.requests()] == [(f"/llm/bought-{fault}", ["1000"])]
 
 
 def test_pricing_outage_falls_back_to_the_static_price(gw_priced_static, pricer, log):
