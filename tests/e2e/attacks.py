@@ -29,7 +29,7 @@ import upstream as _upstream_module  # noqa: E402
 from harness import ROOT, Envoy, _tmpdir, http  # noqa: E402
 from test_filter_nodes import new_credential, sim_env, sim_vars  # noqa: E402
 from test_filter_support import (  # noqa: E402
-    challenge_parts, new_secret, plugin_config, render, shipped, with_plugin_config,
+    challenge_parts, credential_valid, new_secret, plugin_config, render, shipped, with_plugin_config,
 )
 from upstream import Upstream  # noqa: E402
 
@@ -353,56 +353,6 @@ def wait_until(cond: Callable[[], bool], timeout: float = 10.0, step: float = 0.
             return True
         time.sleep(step)
     return cond()
-
-
-# -- an independent check of a credential against one request --------------------------------------
-
-
-def independently_valid(cred: str, secret_hex: str, service: str, method: str, path: str,
-                        capabilities: Iterable[str] = (), now: int | None = None) -> bool:
-    """pymacaroons verifies the macaroon of ``cred`` under HMAC-SHA256(secret, identifier), the
-    preimage hashes to the identifier's payment hash, and EVERY first-party caveat holds for this
-    request (stricter than the gateway's narrowing rules, which only check the last of a group):
-    services lists ``service``, capabilities include ``capabilities``, valid_until is not past,
-    path_prefix prefixes ``path``, methods list ``method``. Unknown keys are skipped (spec)."""
-    from pymacaroons import Verifier
-    try:
-        scheme, raw, preimage = split(cred)
-        mac = mac_of(raw)
-    except Exception:
-        return False
-    if scheme.upper() not in ("L402", "LSAT"):
-        return False
-    ident = mac.identifier_bytes
-    if len(ident) != 66 or ident[:2] != b"\0\0" or hashlib.sha256(preimage).digest() != ident[2:34]:
-        return False
-    now = int(time.time()) if now is None else now
-    need = set(capabilities)
-    path = path.split("?", 1)[0]
-
-    def check(predicate: str) -> bool:
-        key, sep, value = predicate.partition("=")
-        if not sep:
-            return False
-        items = [v.strip() for v in value.split(",")]
-        if key == "services":
-            return service in [i.split(":")[0] for i in items]
-        if key == f"{service}_capabilities":
-            return need <= set(items)
-        if key == f"{service}_valid_until":
-            return value.isdigit() and now <= int(value)
-        if key == f"{service}_path_prefix":
-            return path.startswith(value)
-        if key == f"{service}_methods":
-            return method.upper() in [i.upper() for i in items]
-        return True
-
-    v = Verifier()
-    v.satisfy_general(check)
-    try:
-        return bool(v.verify(mac, root_key(secret_hex, ident)))
-    except Exception:
-        return False
 
 
 # -- soak: mixed valid, invalid and unauthenticated load ---------------------------------------------

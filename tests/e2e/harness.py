@@ -557,3 +557,31 @@ def plain_proxy(upstream_port: int, listen_port: int | None = None, http_filters
     """(template, vars) for :data:`PLAIN_PROXY`."""
     return PLAIN_PROXY, {"LISTEN_PORT": listen_port or free_port(), "UPSTREAM_PORT": upstream_port,
                          "HTTP_FILTERS": http_filters.strip("\n")}
+
+
+def self_signed_cert(directory: Path, stem: str) -> tuple[Path, Path]:
+    """A self-signed P-256 certificate for localhost and 127.0.0.1 (like LND's tls.cert), valid for a
+    day: (``<stem>.crt``, ``<stem>.key``) in ``directory``."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path

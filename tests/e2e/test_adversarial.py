@@ -22,9 +22,9 @@ import pytest
 
 from attacks import (
     CAPABILITIES, GATEWAY_HEADERS, PAID_PREFIXES, Gateway, RecordingUpstream, b64, credential, extend, field,
-    flip, identifier, independently_valid, mac_of, py_mint, raw_of, raw_request, split, token_id, v2_fields,
+    flip, identifier, mac_of, py_mint, raw_of, raw_request, split, token_id, v2_fields,
 )
-from test_filter_support import new_secret
+from test_filter_support import credential_valid, new_secret
 
 REFUSED = (402,)
 
@@ -585,7 +585,7 @@ def test_valid_credential_passes(fresh: Ctx, name, build):
     prefix = next(p for p in PAID_PREFIXES if entry["path"].startswith(p))
     assert PAID_PREFIXES[prefix] == service
     # An independent check (pymacaroons) that the original token grants this very request.
-    assert independently_valid(cred, fresh.secret, service, entry["method"], entry["path"], CAPABILITIES.get(prefix, ()))
+    assert credential_valid(cred, fresh.secret, service, CAPABILITIES.get(prefix, ()), method=entry["method"], path=entry["path"])
 
 
 # -- metering header smuggling --------------------------------------------------------------------
@@ -625,14 +625,14 @@ def test_paid_grpc_route_replaces_client_metering_headers(fresh: Ctx):
 
 def test_independent_check_is_not_a_tautology(ctx: Ctx):
     s = ctx.secret
-    assert independently_valid(ctx.files, s, "files", "GET", "/files/public/a")
-    assert not independently_valid(ctx.files, s, "files", "GET", "/files/private/a")
-    assert not independently_valid(ctx.files, s, "files", "POST", "/files/public/a")
-    assert not independently_valid(ctx.weather, s, "admin", "GET", "/admin/x")
-    assert not independently_valid(ctx.weather, new_secret(), "weather", "GET", "/v1/x")
-    assert not independently_valid(ctx.admin, s, "admin", "GET", "/admin/x", ("root",))
-    assert not independently_valid(ctx.weather, s, "weather", "GET", "/v1/x", now=int(time.time()) + 7200)
-    assert not independently_valid(extend(ctx.weather, "services=weather:0,admin:0"), s, "admin", "GET", "/admin/x")
+    assert credential_valid(ctx.files, s, "files", method="GET", path="/files/public/a")
+    assert not credential_valid(ctx.files, s, "files", method="GET", path="/files/private/a")
+    assert not credential_valid(ctx.files, s, "files", method="POST", path="/files/public/a")
+    assert not credential_valid(ctx.weather, s, "admin", method="GET", path="/admin/x")
+    assert not credential_valid(ctx.weather, new_secret(), "weather", method="GET", path="/v1/x")
+    assert not credential_valid(ctx.admin, s, "admin", ("root",), method="GET", path="/admin/x")
+    assert not credential_valid(ctx.weather, s, "weather", now=int(time.time()) + 7200, method="GET", path="/v1/x")
+    assert not credential_valid(extend(ctx.weather, "services=weather:0,admin:0"), s, "admin", method="GET", path="/admin/x")
 
 
 def test_zz_gateway_survived_every_attack(ctx: Ctx):

@@ -80,10 +80,13 @@ def split_credential(header: str) -> tuple[str, bytes, bytes]:
 
 
 def credential_valid(header: str | None, secret: str, service: str, capabilities: tuple[str, ...] = (),
-                     now: int | None = None) -> bool:
+                     now: int | None = None, method: str = "GET", path: str = "/") -> bool:
     """True when ``header`` is an L402/LSAT credential that pymacaroons verifies with the root key
     HMAC-SHA256(secret, identifier), whose preimage hashes to the identifier's payment hash, and
-    whose caveats grant ``service`` (and ``capabilities``) at ``now``."""
+    EVERY first-party caveat of which holds for this request (stricter than the gateway's narrowing
+    rules, which check the last of a group): services lists ``service``, capabilities include
+    ``capabilities``, valid_until is not past, path_prefix prefixes and path equals ``path``,
+    methods list ``method``. Unknown keys are skipped, as the spec says."""
     if not header:
         return False
     try:
@@ -97,18 +100,26 @@ def credential_valid(header: str | None, secret: str, service: str, capabilities
     if len(ident) != 66 or ident[:2] != b"\0\0" or hashlib.sha256(preimage).digest() != ident[2:34]:
         return False
     now = int(time.time()) if now is None else now
+    path = path.split("?", 1)[0]
 
     def check(predicate: str) -> bool:
         key, sep, value = predicate.partition("=")
         if not sep:
             return False
+        items = [v.strip() for v in value.split(",")]
         if key == "services":
-            return service in [e.split(":")[0] for e in value.split(",")]
+            return service in [i.split(":")[0] for i in items]
         if key == f"{service}_capabilities":
-            return all(c in value.split(",") for c in capabilities)
+            return set(capabilities) <= set(items)
         if key == f"{service}_valid_until":
             return value.isdigit() and now <= int(value)
-        return False
+        if key == f"{service}_path_prefix":
+            return path.startswith(value)
+        if key == f"{service}_path":
+            return path == value
+        if key == f"{service}_methods":
+            return method.upper() in [i.upper() for i in items]
+        return True
 
     v = Verifier()
     v.satisfy_general(check)

@@ -8,8 +8,6 @@ are what covers it."""
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import json
 import re
 import secrets
@@ -23,7 +21,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from harness import ROOT, Envoy, _tmpdir, free_port
+from harness import ROOT, Envoy, _tmpdir, free_port, self_signed_cert
 from test_filter_support import (
     assert_challenge, challenge_parts, credential_valid, get, new_secret, plugin_config, token_id_of,
 )
@@ -37,29 +35,6 @@ LAMBDA = ROOT / "envoy" / "serverless-lambda.yaml"
 SHIPPED_HOST = "weather-7f3a2b9c1d-uc.a.run.app"
 SHIPPED_PORT = "port_value: 443"
 SHIPPED_CA = "/etc/ssl/certs/ca-certificates.crt"
-
-
-def make_cert_and_key(directory: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = directory / "function.crt", directory / "function.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 class Function:
@@ -115,7 +90,7 @@ class Gate:
 @pytest.fixture(scope="module")
 def gate(wasm) -> Iterator[Gate]:
     work = _tmpdir("serverless-")
-    cert, key = make_cert_and_key(work)
+    cert, key = self_signed_cert(work, "function")
     function = Function(cert, key)
     sim = start_sim("lnd", work / "lnd", credential=secrets.token_hex(48))
     secret = new_secret()
@@ -172,7 +147,7 @@ def test_paid_request_reaches_the_function_over_tls_without_the_credential(gate)
 
 def test_function_with_an_untrusted_certificate_is_not_called(gate, tmp_path, wasm):
     """The cluster really verifies the function: trusting another certificate gives Envoy's 503."""
-    other, _ = make_cert_and_key(tmp_path)
+    other, _ = self_signed_cert(tmp_path, "other")
     template = function_template(gate.function.port, other)
     cfg = plugin_config(Envoy.render(template, {"LND_HOST": "127.0.0.1", "LND_PORT": gate.sim.port}))
     cfg["routes"] = [{"match": {}, "free": True}]

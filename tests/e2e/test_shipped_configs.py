@@ -4,8 +4,6 @@ too) and a real TLS certificate; docker-compose.yml parses and everything it mou
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import json
 import re
 from pathlib import Path
@@ -13,34 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import ROOT, WASM, Envoy
+from harness import ROOT, WASM, Envoy, self_signed_cert
 from test_filter_support import cli, new_secret, plugin_config
 
 ENVOY_CONFIGS = sorted((ROOT / "envoy").glob("*.yaml")) + sorted((ROOT / "docker").glob("*.yaml"))
 COMPOSE = ROOT / "docker-compose.yml"
 CONTAINER_WASM = "/etc/envoy/l402.wasm"
-
-
-def make_cert(directory: Path) -> Path:
-    """A self-signed P-256 certificate for localhost, like LND's tls.cert."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
-    path = directory / "tls.cert"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path
 
 
 def placeholders(text: str) -> set[str]:
@@ -50,7 +26,7 @@ def placeholders(text: str) -> set[str]:
 def fill(path: Path, tmp: Path) -> tuple[str, dict[str, str]]:
     """(rendered config, env for the plugin) of a shipped config."""
     text = path.read_text()
-    cert = make_cert(tmp)
+    cert, _ = self_signed_cert(tmp, "tls")
     vars = {"LISTEN_PORT": 18080, "UPSTREAM_PORT": 18081, "ADMIN_PORT": 18082, "LNBITS_PORT": 5000,
             "WASM": str(WASM), "LND_HOST": "127.0.0.1", "LND_PORT": 8080, "LND_TLS_CERT": str(cert),
             "CLN_HOST": "127.0.0.1", "CLN_PORT": 3010, "CLN_TLS_CERT": str(cert)}
