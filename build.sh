@@ -20,6 +20,7 @@ source scripts/lib.sh
 ENVOY_VERSION=1.40.0
 LNBITS_VERSION=1.6.2
 WASM_TARGET=wasm32-wasip1
+WASM_BUDGET_BYTES=$((640 * 1024))
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 
 # --- install steps ----------------------------------------------------------------------------
@@ -115,7 +116,11 @@ build_wasm() {
     else
         cp "$built" ./l402.wasm
     fi
-    log "l402.wasm: $(wc -c <l402.wasm) bytes"
+    local size
+    size=$(wc -c <l402.wasm)
+    log "l402.wasm: $size bytes"
+    # A budget, so that growth is a decision and not an accident.
+    (( size <= WASM_BUDGET_BYTES )) || die "l402.wasm is $size bytes, over the budget of $WASM_BUDGET_BYTES"
 }
 
 run_tests() {
