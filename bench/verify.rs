@@ -15,7 +15,8 @@ const PREIMAGE: [u8; 32] = [7; 32];
 /// A credential with `caveats` caveats: services, capabilities, expiry, then constraints.
 fn credential(ring: &SecretRing, caveats: usize) -> String {
     let capabilities = vec!["read".to_string()];
-    let constraints: Vec<(String, String)> = (3..caveats).map(|i| (format!("constraint{i}"), "value".to_string())).collect();
+    let constraints: Vec<(String, String)> =
+        (3..caveats).map(|i| (format!("constraint{i}"), "value".to_string())).collect();
     let grant = Grant {
         payment_hash: Sha256::digest(PREIMAGE).into(),
         token_id: [1; 32],
@@ -51,7 +52,14 @@ fn benches(c: &mut Criterion) {
     let config = Config::parse(config_json.as_bytes(), &|_| None).unwrap_or_else(|e| panic!("{e}"));
     let header = credential(&config.secrets, 4);
     let mut cache = VerifiedCache::new(1024);
-    let view = RequestView { method: "GET", path: "/v1/forecast", authority: "api", authorization: Some(&header), macaroon: None, now: 1 };
+    let view = RequestView {
+        method: "GET",
+        path: "/v1/forecast",
+        authority: "api",
+        authorization: Some(&header),
+        macaroon: None,
+        now: 1,
+    };
     c.bench_function("gate decision, 4 caveats, cached", |b| {
         b.iter(|| {
             let decision = decide(&config, &mut cache, black_box(&view));

@@ -14,7 +14,8 @@ pub struct Callout {
 impl Callout {
     /// A POST of a JSON body, with `auth` (the credential header, if any) and the content type.
     pub fn post_json(path: impl Into<String>, auth: Option<(&'static str, &str)>, body: &serde_json::Value) -> Callout {
-        let mut headers: Vec<(&'static str, String)> = auth.map(|(name, value)| (name, value.to_owned())).into_iter().collect();
+        let mut headers: Vec<(&'static str, String)> =
+            auth.map(|(name, value)| (name, value.to_owned())).into_iter().collect();
         headers.push(("content-type", "application/json".to_owned()));
         Callout { method: "POST", path: path.into(), headers, body: serde_json::to_vec(body).unwrap_or_default() }
     }

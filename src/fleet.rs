@@ -172,16 +172,26 @@ mod tests {
 
     #[test]
     fn reads_transaction_answers() {
-        assert_eq!(parse_count(Some(200), br#"{"header":{},"succeeded":true,"responses":[{"response_put":{}}]}"#), Ok(TxnOutcome::Counted));
+        assert_eq!(
+            parse_count(Some(200), br#"{"header":{},"succeeded":true,"responses":[{"response_put":{}}]}"#),
+            Ok(TxnOutcome::Counted)
+        );
         let current = format!(
             r#"{{"header":{{}},"responses":[{{"response_range":{{"kvs":[{{"key":"eA==","value":"{}","mod_revision":"42","version":"3"}}],"count":"1"}}}}]}}"#,
             base64_encode(b"3")
         );
-        assert_eq!(parse_count(Some(200), current.as_bytes()), Ok(TxnOutcome::Changed(Seen { count: 3, mod_revision: "42".into() })));
+        assert_eq!(
+            parse_count(Some(200), current.as_bytes()),
+            Ok(TxnOutcome::Changed(Seen { count: 3, mod_revision: "42".into() }))
+        );
         let gone = br#"{"responses":[{"response_range":{}}]}"#;
         assert_eq!(parse_count(Some(200), gone), Ok(TxnOutcome::Changed(Seen { count: 0, mod_revision: "0".into() })));
         assert_eq!(parse_count(None, b""), Err(NodeError::Unreachable));
-        assert!(parse_count(Some(200), br#"{"responses":[{"response_range":{"kvs":[{"key":"eA==","value":"eA==","mod_revision":"1"}]}}]}"#).is_err());
+        assert!(parse_count(
+            Some(200),
+            br#"{"responses":[{"response_range":{"kvs":[{"key":"eA==","value":"eA==","mod_revision":"1"}]}}]}"#
+        )
+        .is_err());
     }
 
     #[test]

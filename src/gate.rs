@@ -4,7 +4,9 @@
 use crate::config::{Access, Config, Service, Unmatched};
 use crate::l402::caveats;
 use crate::l402::header::{is_l402_authorization, parse_authorization, parse_macaroon_header, parse_macaroon_only};
-use crate::l402::{authenticate, authenticate_without_preimage, Identifier, Requirement, SecretRing, Token, VerifyError};
+use crate::l402::{
+    authenticate, authenticate_without_preimage, Identifier, Requirement, SecretRing, Token, VerifyError,
+};
 use crate::policy;
 use core::fmt;
 use std::collections::HashMap;
@@ -159,7 +161,10 @@ impl VerifiedCache {
                 entries.insert(header.into(), token);
             }
         }
-        self.entries.get(form as usize).and_then(|entries| entries.get(header)).ok_or(VerifyError::Malformed("credential cache"))
+        self.entries
+            .get(form as usize)
+            .and_then(|entries| entries.get(header))
+            .ok_or(VerifyError::Malformed("credential cache"))
     }
 }
 
@@ -296,7 +301,14 @@ mod tests {
         let config = config();
         let mut cache = VerifiedCache::new(8);
         let secrets = crate::l402::SecretRing::new(vec![vec![0x22; 32]]).unwrap();
-        let grant = Grant { payment_hash: Sha256::digest(PREIMAGE).into(), token_id: [1; 32], service: "weather", capabilities: &[], valid_until: None, constraints: &[] };
+        let grant = Grant {
+            payment_hash: Sha256::digest(PREIMAGE).into(),
+            token_id: [1; 32],
+            service: "weather",
+            capabilities: &[],
+            valid_until: None,
+            constraints: &[],
+        };
         let header = authorization(&mint(&secrets, &grant));
         assert_eq!(refusal(decide(&config, &mut cache, &view("/v1/x", Some(&header), 0))), Some("bad_signature"));
         assert!(cache.is_empty());
@@ -318,12 +330,17 @@ mod tests {
         let config = config();
         let mut cache = VerifiedCache::new(8);
         let header = authorization(&token(&config, "admin", None));
-        assert_eq!(refusal(decide(&config, &mut cache, &view("/admin/x", Some(&header), 0))), Some("capability_missing"));
+        assert_eq!(
+            refusal(decide(&config, &mut cache, &view("/admin/x", Some(&header), 0))),
+            Some("capability_missing")
+        );
     }
 
     #[test]
     fn revoked_tokens_are_refused() {
-        let mut json = crate::testing::config_json(json!([{ "match": { "path_prefix": "/v1/" }, "service": "weather", "price_sat": 10 }]));
+        let mut json = crate::testing::config_json(
+            json!([{ "match": { "path_prefix": "/v1/" }, "service": "weather", "price_sat": 10 }]),
+        );
         json["revoked"] = json!([hex_encode(&[4; 32])]);
         let config = Config::parse(json.to_string().as_bytes(), &|_| None).unwrap();
         let mut cache = VerifiedCache::new(8);
@@ -349,7 +366,10 @@ mod tests {
             other => panic!("expected a paid decision pending settlement, got {other:?}"),
         }
         let paid = authorization(&token(&lenient, "weather", None));
-        assert!(matches!(decide(&lenient, &mut cache, &view("/v1/x", Some(&paid), 0)), Decision::Paid { preimage_proven: true, .. }));
+        assert!(matches!(
+            decide(&lenient, &mut cache, &view("/v1/x", Some(&paid), 0)),
+            Decision::Paid { preimage_proven: true, .. }
+        ));
     }
 
     #[test]
@@ -357,7 +377,14 @@ mod tests {
         let config = config();
         let mut cache = VerifiedCache::new(2);
         for id in 0..5u8 {
-            let grant = Grant { payment_hash: Sha256::digest(PREIMAGE).into(), token_id: [id; 32], service: "weather", capabilities: &[], valid_until: None, constraints: &[] };
+            let grant = Grant {
+                payment_hash: Sha256::digest(PREIMAGE).into(),
+                token_id: [id; 32],
+                service: "weather",
+                capabilities: &[],
+                valid_until: None,
+                constraints: &[],
+            };
             let header = authorization(&mint(&config.secrets, &grant));
             assert_eq!(paid_token(decide(&config, &mut cache, &view("/v1/x", Some(&header), 0))), Some([id; 32]));
             assert!(cache.len() <= 2);

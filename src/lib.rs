@@ -22,9 +22,9 @@ pub mod callout;
 pub mod config;
 #[cfg(target_arch = "wasm32")]
 mod filter;
-pub mod l402;
 pub mod fleet;
 pub mod gate;
+pub mod l402;
 pub mod lightning;
 pub mod metrics;
 pub mod policy;

@@ -26,11 +26,12 @@ mod tests {
             { "match": { "path_prefix": "/v1/", "methods": ["GET"] }, "service": "read", "price_sat": 1 },
             { "match": { "path_prefix": "/v1/" }, "service": "write", "price_sat": 5 }
         ]));
-        let service = |method, path| match select(&config, method, path_only(path), "api.example.com").map(|r| &r.access) {
-            Some(Access::Paid(s)) => s.name.clone(),
-            Some(Access::Free) => "free".into(),
-            None => "none".into(),
-        };
+        let service =
+            |method, path| match select(&config, method, path_only(path), "api.example.com").map(|r| &r.access) {
+                Some(Access::Paid(s)) => s.name.clone(),
+                Some(Access::Free) => "free".into(),
+                None => "none".into(),
+            };
         assert_eq!(service("GET", "/v1/free"), "free");
         assert_eq!(service("GET", "/v1/free?x=1"), "free");
         assert_eq!(service("GET", "/v1/free/more"), "read");

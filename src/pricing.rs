@@ -22,7 +22,13 @@ pub struct Quote {
 }
 
 /// `headers` are the configured request headers that were present.
-pub fn price_request(pricing: &Pricing, method: &str, path: &str, service: &str, headers: &[(String, String)]) -> Callout {
+pub fn price_request(
+    pricing: &Pricing,
+    method: &str,
+    path: &str,
+    service: &str,
+    headers: &[(String, String)],
+) -> Callout {
     let headers: Map<String, Value> = headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
     let body = json!({ "method": method, "path": path, "service": service, "headers": headers });
     Callout::post_json(pricing.path.clone(), None, &body)
@@ -89,8 +95,15 @@ mod tests {
         let q = parse_quote(Some(200), br#"{"price_sat": 21, "lifetime_s": 60, "capabilities": ["gpt4"]}"#).unwrap();
         assert_eq!(q, Quote { price_msat: 21_000, lifetime_s: Some(60), capabilities: Some(vec!["gpt4".into()]) });
         assert_eq!(parse_quote(Some(200), br#"{"price_msat": 1500}"#).unwrap().price_msat, 1500);
-        for bad in [&br#"{}"#[..], br#"{"price_msat": 0}"#, br#"{"price_msat": 1, "price_sat": 1}"#, br#"{"price_sat": 1, "lifetime_s": 0}"#,
-                    br#"{"price_sat": 1, "capabilities": ["a,b"]}"#, br#"{"price_sat": 1, "extra": 1}"#, b"garbage"] {
+        for bad in [
+            &br#"{}"#[..],
+            br#"{"price_msat": 0}"#,
+            br#"{"price_msat": 1, "price_sat": 1}"#,
+            br#"{"price_sat": 1, "lifetime_s": 0}"#,
+            br#"{"price_sat": 1, "capabilities": ["a,b"]}"#,
+            br#"{"price_sat": 1, "extra": 1}"#,
+            b"garbage",
+        ] {
             assert!(parse_quote(Some(200), bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
         assert_eq!(parse_quote(None, b""), Err(NodeError::Unreachable));

@@ -2,8 +2,8 @@
 //! gets its HTTP status.
 
 use crate::config::Config;
-use crate::l402::header::{challenge_from_base64, Scheme};
 use crate::gate::Refusal;
+use crate::l402::header::{challenge_from_base64, Scheme};
 use crate::lightning::NodeError;
 use serde_json::json;
 
@@ -104,7 +104,12 @@ pub fn too_many_challenges(retry_after_s: u64) -> LocalResponse {
         "detail": "too many unpaid requests from this network; pay an invoice already issued or retry later",
         "retry_after_s": retry_after_s,
     });
-    json_response(429, body, vec![("retry-after", retry_after_s.to_string())], (grpc::RESOURCE_EXHAUSTED, "too many unpaid requests"))
+    json_response(
+        429,
+        body,
+        vec![("retry-after", retry_after_s.to_string())],
+        (grpc::RESOURCE_EXHAUSTED, "too many unpaid requests"),
+    )
 }
 
 /// 403 for a request no route rule covers, under `unmatched: deny`.
@@ -122,10 +127,12 @@ mod tests {
     #[test]
     fn challenge_has_both_schemes_and_a_json_reason() {
         let config = config_with_routes(json!([{ "match": {}, "service": "weather", "price_msat": 10_500 }]));
-        let offer = Offer { service: "weather", price_msat: 10_500, macaroon_b64: "TUFD", invoice: "lnbc1", expiry_s: 600 };
+        let offer =
+            Offer { service: "weather", price_msat: 10_500, macaroon_b64: "TUFD", invoice: "lnbc1", expiry_s: 600 };
         let r = payment_required(&config, &offer, Some(&Refusal::Token(crate::l402::VerifyError::Expired)));
         assert_eq!(r.status, 402);
-        let auth: Vec<_> = r.headers.iter().filter(|(k, _)| *k == "www-authenticate").map(|(_, v)| v.as_str()).collect();
+        let auth: Vec<_> =
+            r.headers.iter().filter(|(k, _)| *k == "www-authenticate").map(|(_, v)| v.as_str()).collect();
         assert_eq!(auth.len(), 2);
         assert!(auth[0].starts_with("LSAT macaroon=\"TUFD\", invoice=\"lnbc1\""));
         assert!(auth[1].starts_with("L402 macaroon=\"TUFD\", invoice=\"lnbc1\""));

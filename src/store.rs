@@ -70,13 +70,23 @@ fn update<const N: usize, T>(
 pub fn take_one(store: &dyn SharedStore, key: &str, limit: u64) -> Result<bool, StoreError> {
     update::<1, bool>(store, key, |stored| {
         let [used] = stored.unwrap_or_default();
-        if used >= limit { (None, false) } else { (Some([used.saturating_add(1)]), true) }
+        if used >= limit {
+            (None, false)
+        } else {
+            (Some([used.saturating_add(1)]), true)
+        }
     })
 }
 
 /// A token bucket of `burst` tokens refilled at `per_minute`; takes one token or tells how many
 /// seconds until one is available.
-pub fn take_token(store: &dyn SharedStore, key: &str, now_ms: u64, burst: u64, per_minute: u64) -> Result<Result<(), u64>, StoreError> {
+pub fn take_token(
+    store: &dyn SharedStore,
+    key: &str,
+    now_ms: u64,
+    burst: u64,
+    per_minute: u64,
+) -> Result<Result<(), u64>, StoreError> {
     // Stored: milli-tokens available and the time they were counted.
     let capacity = burst.saturating_mul(1000);
     update::<2, Result<(), u64>>(store, key, |stored| {
@@ -90,7 +100,8 @@ pub fn take_token(store: &dyn SharedStore, key: &str, now_ms: u64, burst: u64, p
         if available >= 1000 {
             (Some([available.saturating_sub(1000), now_ms]), Ok(()))
         } else {
-            let missing_ms = 1000u64.saturating_sub(available).saturating_mul(60).checked_div(per_minute).unwrap_or(u64::MAX);
+            let missing_ms =
+                1000u64.saturating_sub(available).saturating_mul(60).checked_div(per_minute).unwrap_or(u64::MAX);
             (None, Err(missing_ms.div_ceil(1000).max(1)))
         }
     })

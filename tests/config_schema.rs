@@ -58,13 +58,20 @@ fn parse_sources() -> BTreeMap<String, Item> {
                         }
                     } else {
                         let snake = serde_attrs.contains("rename_all = \"snake_case\"");
-                        assert!(snake || serde_attrs.contains("rename_all = \"lowercase\""), "enum {name}: expected lowercase or snake_case variants");
+                        assert!(
+                            snake || serde_attrs.contains("rename_all = \"lowercase\""),
+                            "enum {name}: expected lowercase or snake_case variants"
+                        );
                         let values = body
                             .iter()
                             .filter(|l| !l.starts_with("#[") && !l.starts_with("//") && !l.is_empty())
                             .map(|l| {
                                 let variant = l.trim_end_matches(',');
-                                if snake { snake_case(variant) } else { variant.to_ascii_lowercase() }
+                                if snake {
+                                    snake_case(variant)
+                                } else {
+                                    variant.to_ascii_lowercase()
+                                }
                             })
                             .collect();
                         Item::Enum { values }
@@ -149,12 +156,21 @@ fn types_of(schema: &Value) -> BTreeSet<String> {
     }
 }
 
-fn check(items: &BTreeMap<String, Item>, rust: &str, schema: &Value, at: &str, seen: &mut BTreeSet<String>, errors: &mut Vec<String>) {
+fn check(
+    items: &BTreeMap<String, Item>,
+    rust: &str,
+    schema: &Value,
+    at: &str,
+    seen: &mut BTreeSet<String>,
+    errors: &mut Vec<String>,
+) {
     seen.insert(rust.to_owned());
     match &items[rust] {
         Item::Enum { values } => {
-            let got: BTreeSet<String> =
-                schema["enum"].as_array().map(|a| a.iter().map(|v| v.as_str().unwrap().to_owned()).collect()).unwrap_or_default();
+            let got: BTreeSet<String> = schema["enum"]
+                .as_array()
+                .map(|a| a.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
+                .unwrap_or_default();
             let want: BTreeSet<String> = values.iter().cloned().collect();
             if got != want {
                 errors.push(format!("{at}: enum {want:?} in the parser, {got:?} in the schema"));
@@ -172,17 +188,23 @@ fn check(items: &BTreeMap<String, Item>, rust: &str, schema: &Value, at: &str, s
             }
             let here = if at.is_empty() { "config" } else { at.trim_end_matches('.') };
             if *deny_unknown != (schema["additionalProperties"] == Value::Bool(false)) {
-                errors.push(format!("{here}: deny_unknown_fields={deny_unknown} but additionalProperties is {}", schema["additionalProperties"]));
+                errors.push(format!(
+                    "{here}: deny_unknown_fields={deny_unknown} but additionalProperties is {}",
+                    schema["additionalProperties"]
+                ));
             }
             let required_want: BTreeSet<&str> = fields
                 .iter()
                 .filter(|f| !f.has_default && !container_default && !f.ty.starts_with("Option<"))
                 .map(|f| f.json.as_str())
                 .collect();
-            let required_got: BTreeSet<&str> =
-                schema["required"].as_array().map(|a| a.iter().map(|v| v.as_str().unwrap()).collect()).unwrap_or_default();
+            let required_got: BTreeSet<&str> = schema["required"]
+                .as_array()
+                .map(|a| a.iter().map(|v| v.as_str().unwrap()).collect())
+                .unwrap_or_default();
             if required_want != required_got {
-                errors.push(format!("{here}: required {required_want:?} in the parser, {required_got:?} in the schema"));
+                errors
+                    .push(format!("{here}: required {required_want:?} in the parser, {required_got:?} in the schema"));
             }
             for f in fields {
                 let Some(prop) = props.get(&f.json) else { continue };
@@ -206,7 +228,8 @@ fn check(items: &BTreeMap<String, Item>, rust: &str, schema: &Value, at: &str, s
                 }
                 let named = inner(&f.ty);
                 if items.contains_key(named) {
-                    let sub = if f.ty.starts_with("Vec<") || f.ty.starts_with("Option<Vec<") { &prop["items"] } else { prop };
+                    let sub =
+                        if f.ty.starts_with("Vec<") || f.ty.starts_with("Option<Vec<") { &prop["items"] } else { prop };
                     let sub_at = if f.ty.contains("Vec<") { format!("{path}[].") } else { format!("{path}.") };
                     let sub_at = if matches!(items[named], Item::Enum { .. }) { path.clone() } else { sub_at };
                     check(items, named, sub, &sub_at, seen, errors);
@@ -219,9 +242,15 @@ fn check(items: &BTreeMap<String, Item>, rust: &str, schema: &Value, at: &str, s
 #[test]
 fn schema_names_exactly_the_parsers_fields() {
     let items = parse_sources();
-    assert!(items.contains_key("RawConfig") && items.contains_key("RawRoute"), "config structs not found: {:?}", items.keys());
-    let meta: Value =
-        serde_json::from_str(&std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("kong/l402.meta.json")).unwrap()).unwrap();
+    assert!(
+        items.contains_key("RawConfig") && items.contains_key("RawRoute"),
+        "config structs not found: {:?}",
+        items.keys()
+    );
+    let meta: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("kong/l402.meta.json")).unwrap(),
+    )
+    .unwrap();
     let schema = &meta["config_schema"];
     assert_eq!(schema["$schema"], "http://json-schema.org/draft-04/schema#");
     let mut seen = BTreeSet::new();
@@ -236,8 +265,10 @@ fn schema_names_exactly_the_parsers_fields() {
 #[test]
 fn the_comparison_catches_a_missing_field() {
     let items = parse_sources();
-    let meta: Value =
-        serde_json::from_str(&std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("kong/l402.meta.json")).unwrap()).unwrap();
+    let meta: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("kong/l402.meta.json")).unwrap(),
+    )
+    .unwrap();
     let mut schema = meta["config_schema"].clone();
     schema["properties"]["node"]["properties"].as_object_mut().unwrap().remove("timeout_ms");
     schema["properties"]["routes"]["items"]["properties"]["lifetime_s"]["type"] = Value::from("integer");

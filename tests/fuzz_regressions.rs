@@ -29,8 +29,14 @@ fn credential_cache_does_not_carry_over_between_header_forms() {
         constraints: &[],
     };
     let header = format!("L402 {}:{}", base64_encode(&mint(&config.secrets, &grant).encode()), hex_encode(&preimage));
-    let as_authorization =
-        RequestView { method: "GET", path: "/v1/x", authority: "api", authorization: Some(&header), macaroon: None, now: 0 };
+    let as_authorization = RequestView {
+        method: "GET",
+        path: "/v1/x",
+        authority: "api",
+        authorization: Some(&header),
+        macaroon: None,
+        now: 0,
+    };
     let as_macaroon = RequestView { authorization: None, macaroon: Some(&header), ..as_authorization };
 
     let cold = decide(&config, &mut VerifiedCache::new(8), &as_macaroon);

@@ -81,7 +81,10 @@ fn vector_decodes_and_verifies() {
     let token = verify(&ring, credential.clone(), &need).expect("valid with the preimage");
     assert_eq!(token.identifier, id);
 
-    assert_eq!(verify(&ring, credential.clone(), &Requirement { now: until + 1, ..need }).err(), Some(VerifyError::Expired));
+    assert_eq!(
+        verify(&ring, credential.clone(), &Requirement { now: until + 1, ..need }).err(),
+        Some(VerifyError::Expired)
+    );
     let wrong = Credential { preimage: array32(&v, "payment_hash_hex"), ..credential.clone() };
     assert_eq!(verify(&ring, wrong, &need).err(), Some(VerifyError::PreimageMismatch));
     let other = SecretRing::new(vec![vec![0x55; 32]]).expect("secret");

@@ -64,7 +64,11 @@ pub fn model_route(method: &str, path: &str, authority: &str) -> Option<usize> {
             && segments[0].is_empty()
             && segments[1] == "v2"
             && segments[3] == "forecast",
-        segments.len() == 4 && segments[0].is_empty() && segments[1] == "v3" && wildcard(b"a*b*c", segments[2].as_bytes()) && segments[3] == "x",
+        segments.len() == 4
+            && segments[0].is_empty()
+            && segments[1] == "v3"
+            && wildcard(b"a*b*c", segments[2].as_bytes())
+            && segments[3] == "x",
         path.starts_with("/v1/"),
         path.starts_with("/admin/") && lower_host == "admin.local",
     ];
@@ -114,7 +118,8 @@ impl<'a> MintSpec<'a> {
     pub fn parse(line: &'a str) -> Option<MintSpec<'a>> {
         let mut fields = line.strip_prefix('!')?.split('|');
         let service = fields.next().unwrap_or("");
-        let capabilities = fields.next().unwrap_or("").split(',').filter(|c| !c.is_empty()).map(str::to_owned).collect();
+        let capabilities =
+            fields.next().unwrap_or("").split(',').filter(|c| !c.is_empty()).map(str::to_owned).collect();
         let valid_until = fields.next().and_then(|v| v.parse().ok());
         let holder_caveats = fields.next().unwrap_or("").split(';').filter(|c| !c.is_empty()).collect();
         let flags = fields.next().unwrap_or("");
@@ -212,7 +217,14 @@ pub fn parse_gate_input(text: &str) -> Vec<GateRequest> {
 /// are required there is a `<service>_capabilities` caveat and every one lists them all; every
 /// `<service>_valid_until` is a number not before `now`; every `<service>_path_prefix` is a prefix
 /// of the path (without query) and every `<service>_methods` lists the method, in any case.
-pub fn model_admits(caveats: &[String], service: &str, capabilities: &[String], now: u64, method: &str, path: &str) -> Result<(), String> {
+pub fn model_admits(
+    caveats: &[String],
+    service: &str,
+    capabilities: &[String],
+    now: u64,
+    method: &str,
+    path: &str,
+) -> Result<(), String> {
     let caps_key = format!("{service}_capabilities");
     let until_key = format!("{service}_valid_until");
     let prefix_key = format!("{service}_path_prefix");

@@ -30,7 +30,12 @@ fuzz_target!(|data: &[u8]| {
     for route in &config.routes {
         if let Access::Paid(service) = &route.access {
             let memo = config.memo_for(&service.name);
-            let order = InvoiceOrder { amount_msat: service.price_msat, memo: &memo, expiry_s: config.invoice_expiry_s, label: "00ff" };
+            let order = InvoiceOrder {
+                amount_msat: service.price_msat,
+                memo: &memo,
+                expiry_s: config.invoice_expiry_s,
+                label: "00ff",
+            };
             let request = invoice_request(config.node.kind, &config.node.credential.0, &order);
             assert!(request.path.starts_with('/'));
             let _ = response::payment_required(&config, service, "AgEEbHNhdA", "lnbc1", None);

@@ -22,7 +22,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = is_l402_authorization(&text);
 
     if let Ok(credential) = parse_authorization(&text) {
-        let again = format!("L402 {}:{}", base64_encode(&credential.macaroon.encode()), hex_encode(&credential.preimage));
+        let again =
+            format!("L402 {}:{}", base64_encode(&credential.macaroon.encode()), hex_encode(&credential.preimage));
         assert_eq!(parse_authorization(&again).as_ref(), Ok(&credential), "re-encoded credential: {again}");
         if let Ok(token) = authenticate(&ring, credential.clone()) {
             for need in &needs {

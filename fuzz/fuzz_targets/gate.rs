@@ -57,14 +57,27 @@ fuzz_target!(|data: &[u8]| {
             (_, Some(h)) => Some(parse_macaroon_header(h)),
             _ => None,
         };
-        let need = Requirement { service: &service.name, capabilities: &service.capabilities, now: view.now, method: view.method, path };
+        let need = Requirement {
+            service: &service.name,
+            capabilities: &service.capabilities,
+            now: view.now,
+            method: view.method,
+            path,
+        };
         let verified = parsed.map(|p| p.and_then(|credential| verify(&config.secrets, credential, &need)));
         match (&decision, &verified) {
             (Decision::Paid { identifier, preimage_proven, service: paid }, Some(Ok(token))) => {
                 assert_eq!(*paid, service);
                 assert_eq!(*identifier, token.identifier);
                 assert!(*preimage_proven, "every credential of this config carries a preimage");
-                if let Err(why) = common::model_admits(token.caveats(), need.service, need.capabilities, need.now, need.method, need.path) {
+                if let Err(why) = common::model_admits(
+                    token.caveats(),
+                    need.service,
+                    need.capabilities,
+                    need.now,
+                    need.method,
+                    need.path,
+                ) {
                     panic!("Paid, but the caveat model refuses: {why}");
                 }
             }
@@ -74,8 +87,13 @@ fuzz_target!(|data: &[u8]| {
             (Decision::Challenge { service: challenged, refusal }, _) => {
                 assert_eq!(*challenged, service);
                 match &verified {
-                    Some(Ok(_)) => panic!("verify accepts {:?} / {:?}, but the gate refused: {refusal:?}", view.authorization, view.macaroon),
-                    Some(Err(e)) => assert_eq!(*refusal, Some(Refusal::Token(e.clone())), "refusal differs from verify's"),
+                    Some(Ok(_)) => panic!(
+                        "verify accepts {:?} / {:?}, but the gate refused: {refusal:?}",
+                        view.authorization, view.macaroon
+                    ),
+                    Some(Err(e)) => {
+                        assert_eq!(*refusal, Some(Refusal::Token(e.clone())), "refusal differs from verify's")
+                    }
                     None => assert_eq!(*refusal, None),
                 }
             }

@@ -101,11 +101,23 @@ fn random32() -> Result<[u8; 32], String> {
 }
 
 fn hex32(args: &Args, name: &str) -> Result<Option<[u8; 32]>, String> {
-    args.one(name).map(|v| hex_decode_array::<32>(v).ok_or_else(|| format!("--{name} must be 32 bytes of hex"))).transpose()
+    args.one(name)
+        .map(|v| hex_decode_array::<32>(v).ok_or_else(|| format!("--{name} must be 32 bytes of hex")))
+        .transpose()
 }
 
 fn token_mint(args: &Args) -> Result<ExitCode, String> {
-    args.only(&["service", "payment-hash", "token-id", "capability", "lifetime-s", "valid-until", "constraint", "secret-file", "secret-env"])?;
+    args.only(&[
+        "service",
+        "payment-hash",
+        "token-id",
+        "capability",
+        "lifetime-s",
+        "valid-until",
+        "constraint",
+        "secret-file",
+        "secret-env",
+    ])?;
     let ring = args.secrets()?;
     let service = args.one("service").ok_or("--service is required")?;
     let (payment_hash, preimage) = match hex32(args, "payment-hash")? {
@@ -127,10 +139,15 @@ fn token_mint(args: &Args) -> Result<ExitCode, String> {
     let constraints = args
         .all("constraint")
         .into_iter()
-        .map(|c| c.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or(format!("--constraint {c}: expected KEY=VALUE")))
+        .map(|c| {
+            c.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or(format!("--constraint {c}: expected KEY=VALUE"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let capabilities = args.all("capability");
-    let grant = Grant { payment_hash, token_id, service, capabilities: &capabilities, valid_until, constraints: &constraints };
+    let grant =
+        Grant { payment_hash, token_id, service, capabilities: &capabilities, valid_until, constraints: &constraints };
     let macaroon = mint(&ring, &grant);
     let encoded = base64_encode(&macaroon.encode());
     let credential = preimage.map(|p| format!("L402 {encoded}:{}", hex_encode(&p)));
@@ -150,7 +167,9 @@ fn token_mint(args: &Args) -> Result<ExitCode, String> {
 
 fn describe(macaroon: &Macaroon) -> serde_json::Value {
     let identifier = match Identifier::decode(macaroon.identifier()) {
-        Ok(id) => json!({ "version": 0, "payment_hash": hex_encode(&id.payment_hash), "token_id": hex_encode(&id.token_id) }),
+        Ok(id) => {
+            json!({ "version": 0, "payment_hash": hex_encode(&id.payment_hash), "token_id": hex_encode(&id.token_id) })
+        }
         Err(e) => json!({ "error": VerifyError::from(e).to_string() }),
     };
     json!({
@@ -175,7 +194,11 @@ fn read_input(args: &Args) -> Result<String, String> {
 
 /// Reads a credential in any form a client may send, with a header name in front or not.
 fn parse_credential(text: &str) -> Result<Credential, VerifyError> {
-    let value = text.split_once(':').filter(|(name, _)| name.eq_ignore_ascii_case("authorization")).map_or(text, |(_, v)| v).trim();
+    let value = text
+        .split_once(':')
+        .filter(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+        .map_or(text, |(_, v)| v)
+        .trim();
     if is_l402_authorization(value) {
         parse_authorization(value)
     } else if value.contains(':') {
@@ -191,7 +214,9 @@ fn token_inspect(args: &Args) -> Result<ExitCode, String> {
     let macaroon = match parse_credential(&text) {
         Ok(credential) => credential.macaroon,
         Err(_) => {
-            let bytes = l402::l402::encoding::base64_decode(&text).or_else(|| hex_decode(&text)).ok_or("not a macaroon in base64 or hex")?;
+            let bytes = l402::l402::encoding::base64_decode(&text)
+                .or_else(|| hex_decode(&text))
+                .ok_or("not a macaroon in base64 or hex")?;
             Macaroon::decode(&bytes).map_err(|e| VerifyError::from(e).to_string())?
         }
     };
@@ -219,7 +244,10 @@ fn token_verify(args: &Args) -> Result<ExitCode, String> {
     let text = read_input(args)?;
     let outcome = parse_credential(&text).and_then(|c| verify(&ring, c, &need));
     let (code, out) = match &outcome {
-        Ok(token) => (ExitCode::SUCCESS, json!({ "valid": true, "token_id": hex_encode(&token.identifier.token_id), "payment_hash": hex_encode(&token.identifier.payment_hash), "caveats": token.caveats() })),
+        Ok(token) => (
+            ExitCode::SUCCESS,
+            json!({ "valid": true, "token_id": hex_encode(&token.identifier.token_id), "payment_hash": hex_encode(&token.identifier.payment_hash), "caveats": token.caveats() }),
+        ),
         Err(e) => (ExitCode::from(REFUSED), json!({ "valid": false, "reason": e.code(), "detail": e.to_string() })),
     };
     if args.json {

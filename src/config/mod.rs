@@ -4,8 +4,8 @@
 
 mod routes;
 
-pub use routes::{Access, Freebies, Glob, HostMatch, PathMatch, Route, Service};
 use routes::RawRoute;
+pub use routes::{Access, Freebies, Glob, HostMatch, PathMatch, Route, Service};
 
 use crate::l402::encoding::{hex_decode, hex_decode_array};
 use crate::l402::SecretRing;
@@ -121,7 +121,8 @@ pub enum OnStoreError {
 impl RawFleet {
     fn validate(self) -> Result<Fleet, ConfigError> {
         let endpoint = Endpoint::new("fleet", self.upstream, self.authority, self.tls, self.timeout_ms)?;
-        if !self.prefix.starts_with('/') || self.prefix.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+        if !self.prefix.starts_with('/') || self.prefix.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
             return Err(ConfigError::new("fleet.prefix", "must start with / and contain no spaces"));
         }
         if !(1..=3600).contains(&self.revocation_poll_s) {
@@ -187,8 +188,14 @@ impl RawPricing {
         }
         let mut headers = Vec::with_capacity(self.headers.len());
         for (i, name) in self.headers.iter().enumerate() {
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') || RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
-                return Err(ConfigError::new(format!("pricing.headers[{i}]"), "must be a header name that carries no credential"));
+            if name.is_empty()
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                || RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str())
+            {
+                return Err(ConfigError::new(
+                    format!("pricing.headers[{i}]"),
+                    "must be a header name that carries no credential",
+                ));
             }
             headers.push(name.to_ascii_lowercase());
         }
@@ -339,9 +346,18 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    fn new(section: &str, upstream: String, authority: String, tls: bool, timeout_ms: u32) -> Result<Endpoint, ConfigError> {
+    fn new(
+        section: &str,
+        upstream: String,
+        authority: String,
+        tls: bool,
+        timeout_ms: u32,
+    ) -> Result<Endpoint, ConfigError> {
         if upstream.trim().is_empty() {
-            return Err(ConfigError::new(format!("{section}.upstream"), "must name the Envoy cluster (or host:port) to call"));
+            return Err(ConfigError::new(
+                format!("{section}.upstream"),
+                "must name the Envoy cluster (or host:port) to call",
+            ));
         }
         if authority.trim().is_empty() || authority.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
             return Err(ConfigError::new(format!("{section}.authority"), "must be host[:port]"));
@@ -435,7 +451,12 @@ fn check_lists(value: &serde_json::Value, shape: &str, path: &str) -> Result<(),
     }
 }
 
-fn resolve<T>(source: Source<T>, field: &str, env: &dyn Fn(&str) -> Option<String>, from_env: impl Fn(String) -> T) -> Result<T, ConfigError> {
+fn resolve<T>(
+    source: Source<T>,
+    field: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    from_env: impl Fn(String) -> T,
+) -> Result<T, ConfigError> {
     match source {
         Source::Inline(value) => Ok(value),
         Source::Env { env: name } => env(&name)
@@ -453,7 +474,8 @@ pub fn parse_secret_list(text: &str) -> Vec<String> {
 fn secret_ring(hex_secrets: Vec<String>) -> Result<SecretRing, ConfigError> {
     let mut secrets = Vec::with_capacity(hex_secrets.len());
     for (index, text) in hex_secrets.iter().enumerate() {
-        let bytes = hex_decode(text.trim()).ok_or_else(|| ConfigError::new(format!("secrets[{index}]"), "must be hex"))?;
+        let bytes =
+            hex_decode(text.trim()).ok_or_else(|| ConfigError::new(format!("secrets[{index}]"), "must be hex"))?;
         secrets.push(bytes);
     }
     SecretRing::new(secrets).map_err(|e| ConfigError::new("secrets", e.to_string()))
@@ -467,9 +489,12 @@ impl RawUpstreamHeaders {
     fn validate(self) -> Result<UpstreamHeaders, ConfigError> {
         let check = |name: Option<String>, field: &str| -> Result<Option<String>, ConfigError> {
             match name {
-                Some(n) if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => Err(
-                    ConfigError::new(format!("upstream_headers.{field}"), "must be a header name (A-Z a-z 0-9 -) or null"),
-                ),
+                Some(n) if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
+                    Err(ConfigError::new(
+                        format!("upstream_headers.{field}"),
+                        "must be a header name (A-Z a-z 0-9 -) or null",
+                    ))
+                }
                 Some(n) if RESERVED_HEADERS.contains(&n.to_ascii_lowercase().as_str()) => {
                     Err(ConfigError::new(format!("upstream_headers.{field}"), "must not be a credential header"))
                 }
@@ -499,7 +524,10 @@ impl RawConfig {
             return Err(ConfigError::new("node.credential", "must be a non-empty header value"));
         }
         if node.macaroon_only && !node.strict {
-            return Err(ConfigError::new("node.macaroon_only", "needs node.strict: only the node can tell that such a token was paid"));
+            return Err(ConfigError::new(
+                "node.macaroon_only",
+                "needs node.strict: only the node can tell that such a token was paid",
+            ));
         }
         if node.kind == NodeKind::Lnd && hex_decode(&credential).is_none() {
             return Err(ConfigError::new("node.credential", "an LND credential is the invoice macaroon in hex"));
@@ -617,7 +645,10 @@ mod tests {
         assert_eq!(c.unmatched, Unmatched::Deny);
         assert!(c.lsat_header);
         assert!(c.upstream_headers.strip_credential);
-        assert_eq!(c.upstream_headers.names().collect::<Vec<_>>(), ["x-l402-token-id", "x-l402-service", "x-l402-price-msat"]);
+        assert_eq!(
+            c.upstream_headers.names().collect::<Vec<_>>(),
+            ["x-l402-token-id", "x-l402-service", "x-l402-price-msat"]
+        );
         let mut off = base();
         off["upstream_headers"] = json!({"service": null, "price_msat": "X-Paid"});
         let c2 = parse(&off).unwrap();
@@ -729,7 +760,10 @@ mod tests {
             ("routes[1].price_sat", json!({"match": {}, "service": "s", "price_sat": 0})),
             ("routes[1].price_sat", json!({"match": {}, "service": "s", "price_sat": 1, "price_msat": 1000})),
             ("routes[1].lifetime_s", json!({"match": {}, "service": "s", "price_sat": 1, "lifetime_s": 0})),
-            ("routes[1].capabilities[0]", json!({"match": {}, "service": "s", "price_sat": 1, "capabilities": ["a=b"]})),
+            (
+                "routes[1].capabilities[0]",
+                json!({"match": {}, "service": "s", "price_sat": 1, "capabilities": ["a=b"]}),
+            ),
             ("routes[1].match", json!({"match": {"path": "/a", "path_prefix": "/a"}, "service": "s", "price_sat": 1})),
             ("routes[1].match.path_prefix", json!({"match": {"path_prefix": "v1"}, "service": "s", "price_sat": 1})),
             ("routes[1].match.methods[0]", json!({"match": {"methods": ["G ET"]}, "service": "s", "price_sat": 1})),

@@ -124,7 +124,9 @@ impl HostMatch {
             HostMatch::Exact(name) => host.eq_ignore_ascii_case(name),
             HostMatch::Suffix(suffix) => {
                 host.len() > suffix.len()
-                    && host.get(host.len().saturating_sub(suffix.len())..).is_some_and(|end| end.eq_ignore_ascii_case(suffix))
+                    && host
+                        .get(host.len().saturating_sub(suffix.len())..)
+                        .is_some_and(|end| end.eq_ignore_ascii_case(suffix))
             }
         }
     }
@@ -204,7 +206,12 @@ fn host_match(host: String, field: String) -> Result<HostMatch, ConfigError> {
 
 impl RawRoute {
     /// `pricing` is the fallback of the configured pricing endpoint, if there is one.
-    pub(super) fn validate(self, index: usize, node: NodeKind, pricing: Option<PricingFallback>) -> Result<Route, ConfigError> {
+    pub(super) fn validate(
+        self,
+        index: usize,
+        node: NodeKind,
+        pricing: Option<PricingFallback>,
+    ) -> Result<Route, ConfigError> {
         let field = |name: &str| format!("routes[{index}].{name}");
         let m = self.matcher;
         let path = match (m.path, m.path_prefix, m.path_glob) {
@@ -228,7 +235,8 @@ impl RawRoute {
             }
             Access::Free
         } else {
-            let name = self.service.ok_or_else(|| ConfigError::new(field("service"), "required unless the route is free"))?;
+            let name =
+                self.service.ok_or_else(|| ConfigError::new(field("service"), "required unless the route is free"))?;
             if !is_token_text(&name) || name.len() > 64 {
                 return Err(ConfigError::new(field("service"), "must be 1-64 characters of A-Z a-z 0-9 . -"));
             }
@@ -236,7 +244,9 @@ impl RawRoute {
                 (Some(sat), None) => Some(sat.checked_mul(1000).filter(|p| *p > 0)),
                 (None, Some(msat)) => Some(Some(msat).filter(|p| *p > 0)),
                 (None, None) => None,
-                (Some(_), Some(_)) => return Err(ConfigError::new(field("price_sat"), "give one of price_sat and price_msat, not both")),
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::new(field("price_sat"), "give one of price_sat and price_msat, not both"))
+                }
             };
             let price_msat = match price_msat {
                 Some(Some(price)) => Some(price),
@@ -254,11 +264,17 @@ impl RawRoute {
                 return Err(ConfigError::new(field("price_msat"), "LNbits invoices are in whole satoshis"));
             }
             if self.lifetime_s == Some(0) {
-                return Err(ConfigError::new(field("lifetime_s"), "must be at least 1 (omit it for tokens that never expire)"));
+                return Err(ConfigError::new(
+                    field("lifetime_s"),
+                    "must be at least 1 (omit it for tokens that never expire)",
+                ));
             }
             for (i, cap) in self.capabilities.iter().enumerate() {
                 if !is_token_text(cap) {
-                    return Err(ConfigError::new(field(&format!("capabilities[{i}]")), "must be characters of A-Z a-z 0-9 . -"));
+                    return Err(ConfigError::new(
+                        field(&format!("capabilities[{i}]")),
+                        "must be characters of A-Z a-z 0-9 . -",
+                    ));
                 }
             }
             let restrict_path_prefix =

@@ -1,11 +1,11 @@
 //! Host calls through the SDK's `Result`-returning functions: the trait helpers unwrap, and a panic
 //! would take down the VM for every request on the worker. Every failure here becomes a value.
 
-use proxy_wasm::hostcalls;
 use crate::callout::Callout;
 use crate::config::Endpoint;
 use crate::response::grpc;
 use crate::store::{SharedStore, StoreError};
+use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, GrpcStatusCode, LogLevel, MapType, MetricType, Status};
 use std::time::{Duration, UNIX_EPOCH};
 

@@ -8,15 +8,15 @@ use crate::config::{Config, Endpoint, OnStoreError, PricingFallback, Service};
 use crate::fleet::{self, Seen, TxnOutcome};
 use crate::gate::{decide, Decision, Refusal, RequestView};
 use crate::l402::caveats::{METHODS_SUFFIX, PATH_PREFIX_SUFFIX, PATH_SUFFIX, PRICE_SUFFIX};
-use crate::policy::path_only;
 use crate::l402::encoding::{base64_encode, hex_encode};
 use crate::l402::{mint, Grant, Identifier};
 use crate::lightning::{
-    invoice_request, invoiceable_msat, parse_invoice, parse_settlement, settlement_request, Callout, InvoiceOrder, NodeError,
-    MAX_RESPONSE_BYTES,
+    invoice_request, invoiceable_msat, parse_invoice, parse_settlement, settlement_request, Callout, InvoiceOrder,
+    NodeError, MAX_RESPONSE_BYTES,
 };
-use crate::pricing::{parse_quote, price_request, Quote};
 use crate::metrics::Counter;
+use crate::policy::path_only;
+use crate::pricing::{parse_quote, price_request, Quote};
 use crate::response::{self, is_grpc, LocalResponse, Offer};
 use crate::store;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -72,7 +72,12 @@ impl Http {
 
     fn respond(&self, response: &LocalResponse) {
         if header("content-type").is_some_and(|t| is_grpc(&t)) {
-            let headers = response.headers.iter().filter(|(k, _)| *k != "content-type").map(|(k, v)| (*k, v.as_bytes())).collect();
+            let headers = response
+                .headers
+                .iter()
+                .filter(|(k, _)| *k != "content-type")
+                .map(|(k, v)| (*k, v.as_bytes()))
+                .collect();
             host::send_grpc_response(response.grpc_status, response.grpc_message, headers);
         } else {
             let headers = response.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -151,7 +156,13 @@ impl Http {
     }
 
     /// The fleet store answered a use-count step: counted, used up, or try again.
-    fn counted(&mut self, admission: Admission, limit: u64, attempt: u8, answer: Result<TxnOutcome, NodeError>) -> Action {
+    fn counted(
+        &mut self,
+        admission: Admission,
+        limit: u64,
+        attempt: u8,
+        answer: Result<TxnOutcome, NodeError>,
+    ) -> Action {
         let shared = Rc::clone(&self.shared);
         let Some(fleet) = &shared.config.fleet else { return Action::Pause };
         match answer {
@@ -160,8 +171,13 @@ impl Http {
                 self.challenge(admission.service, Some(Refusal::UsedUp))
             }
             Ok(TxnOutcome::Changed(seen)) if attempt < FLEET_CAS_ATTEMPTS => {
-                let request = fleet::count_use(&fleet::uses_key(&fleet.prefix, &admission.identifier.token_id), Some(&seen));
-                self.call(&fleet.endpoint, &request, Waiting::Usage { admission, limit, attempt: attempt.saturating_add(1) })
+                let request =
+                    fleet::count_use(&fleet::uses_key(&fleet.prefix, &admission.identifier.token_id), Some(&seen));
+                self.call(
+                    &fleet.endpoint,
+                    &request,
+                    Waiting::Usage { admission, limit, attempt: attempt.saturating_add(1) },
+                )
             }
             Ok(TxnOutcome::Changed(_)) => self.store_failure(&"use counter kept changing", Some(&admission)),
             Err(error) => self.store_failure(&error, Some(&admission)),
@@ -227,7 +243,8 @@ impl Http {
         }
         if let Some(limit) = config.challenge_limit {
             let now_ms = u64::try_from(host::now().as_millis()).unwrap_or(u64::MAX);
-            match store::take_token(&HostStore, &format!("l402.limit.{network}"), now_ms, limit.burst, limit.per_minute) {
+            match store::take_token(&HostStore, &format!("l402.limit.{network}"), now_ms, limit.burst, limit.per_minute)
+            {
                 Ok(Ok(())) => {}
                 Ok(Err(retry_after_s)) => {
                     shared.count(Counter::ChallengesLimited);
@@ -275,7 +292,12 @@ impl Http {
         quote.price_msat = invoiceable_msat(config.node.kind, quote.price_msat);
         let label = hex_encode(&token_id);
         let memo = config.memo_for(&service.name);
-        let order = InvoiceOrder { amount_msat: quote.price_msat, memo: &memo, expiry_s: config.invoice_expiry_s, label: &label };
+        let order = InvoiceOrder {
+            amount_msat: quote.price_msat,
+            memo: &memo,
+            expiry_s: config.invoice_expiry_s,
+            label: &label,
+        };
         let request = invoice_request(config.node.kind, &config.node.credential.0, &order);
         self.call_node(&request, Waiting::Invoice { service, quote, token_id, refusal })
     }
@@ -362,7 +384,11 @@ impl Context for Http {
             host::record_metric(id, u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
         }
         let status = host::call_response_status();
-        let body = if body_size > MAX_RESPONSE_BYTES { vec![0; MAX_RESPONSE_BYTES + 1] } else { host::call_response_body(body_size) };
+        let body = if body_size > MAX_RESPONSE_BYTES {
+            vec![0; MAX_RESPONSE_BYTES + 1]
+        } else {
+            host::call_response_body(body_size)
+        };
         let action = match waiting {
             Waiting::Price { service, refusal } => {
                 self.priced(service, refusal, parse_quote(status, &body));
@@ -372,7 +398,14 @@ impl Context for Http {
                 match parse_invoice(config.node.kind, status, &body) {
                     Ok(invoice) => {
                         shared.count(Counter::ChallengesIssued);
-                        let reply = self.payment_required(&service, &quote, token_id, refusal.as_ref(), invoice.payment_hash, &invoice.bolt11);
+                        let reply = self.payment_required(
+                            &service,
+                            &quote,
+                            token_id,
+                            refusal.as_ref(),
+                            invoice.payment_hash,
+                            &invoice.bolt11,
+                        );
                         self.respond(&reply);
                     }
                     Err(error) => self.node_failed(&error),
@@ -390,7 +423,9 @@ impl Context for Http {
                     Action::Pause
                 }
             },
-            Waiting::Usage { admission, limit, attempt } => self.counted(admission, limit, attempt, fleet::parse_count(status, &body)),
+            Waiting::Usage { admission, limit, attempt } => {
+                self.counted(admission, limit, attempt, fleet::parse_count(status, &body))
+            }
         };
         // The request was paused for this call: let it go on if it was admitted.
         if let Action::Continue = action {
@@ -437,8 +472,12 @@ impl HttpContext for Http {
                 self.challenge(service.clone(), Some(Refusal::Revoked))
             }
             Decision::Paid { identifier, preimage_proven, service, price_msat } => {
-                let admission =
-                    Admission { identifier, service: service.clone(), price_msat, from_authorization: authorization.is_some() };
+                let admission = Admission {
+                    identifier,
+                    service: service.clone(),
+                    price_msat,
+                    from_authorization: authorization.is_some(),
+                };
                 self.admit(admission, preimage_proven)
             }
             Decision::NoRoute => {

@@ -95,7 +95,8 @@ impl RootContext for Root {
         let bytes = host::plugin_configuration().unwrap_or_default();
         match Config::parse(&bytes, &|name| std::env::var(name).ok()) {
             Ok(config) => {
-                self.counter_ids = Counter::ALL.iter().map(|c| host::define_metric(MetricType::Counter, c.name())).collect();
+                self.counter_ids =
+                    Counter::ALL.iter().map(|c| host::define_metric(MetricType::Counter, c.name())).collect();
                 self.shared = Some(Rc::new(Shared {
                     config,
                     cache: RefCell::new(VerifiedCache::new(CACHE_ENTRIES)),

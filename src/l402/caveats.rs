@@ -94,7 +94,11 @@ fn parse_unix(value: &str) -> Result<u64, CaveatError> {
 
 /// The value of the first caveat `<service><suffix>`.
 pub fn first_value<'a>(caveats: &'a [String], service: &str, suffix: &str) -> Option<&'a str> {
-    caveats.iter().filter_map(|c| split(c)).find(|(key, _)| is_service_key(key, service, suffix)).map(|(_, value)| value)
+    caveats
+        .iter()
+        .filter_map(|c| split(c))
+        .find(|(key, _)| is_service_key(key, service, suffix))
+        .map(|(_, value)| value)
 }
 
 /// Checks the caveats against a request; returns the token's effective expiry, if any.
@@ -225,7 +229,8 @@ mod tests {
     fn unknown_keys_are_skipped_and_malformed_caveats_refused() {
         let n = need("weather", &[], 0);
         assert!(check(&caveats(&["services=weather:0", "color=blue", "maps_valid_until=0"]), &n).is_ok());
-        for bad in ["no equals sign", "services=weather", "services=:0", "services=weather:x", "weather_valid_until=-1"] {
+        for bad in ["no equals sign", "services=weather", "services=:0", "services=weather:x", "weather_valid_until=-1"]
+        {
             let c = caveats(&["services=weather:0", bad]);
             assert_eq!(check(&c, &n), Err(CaveatError::Malformed), "{bad}");
         }

@@ -39,7 +39,8 @@ pub fn parse_authorization(value: &str) -> Result<Credential, VerifyError> {
     if preimage.len() != PREIMAGE_HEX_LEN {
         return Err(VerifyError::Malformed("preimage must be 32 bytes of hex"));
     }
-    let preimage = hex_decode_array::<32>(preimage).ok_or(VerifyError::Malformed("preimage must be 32 bytes of hex"))?;
+    let preimage =
+        hex_decode_array::<32>(preimage).ok_or(VerifyError::Malformed("preimage must be 32 bytes of hex"))?;
 
     let mut parts = macaroons.split(',').map(str::trim);
     let first = parts.next().filter(|p| !p.is_empty()).ok_or(VerifyError::Malformed("no macaroon"))?;
@@ -100,7 +101,8 @@ pub fn parse_macaroon_header(value: &str) -> Result<Credential, VerifyError> {
     if preimages.next().is_some() {
         return Err(VerifyError::Malformed("macaroon carries more than one preimage caveat"));
     }
-    let preimage = hex_decode_array::<32>(preimage).ok_or(VerifyError::Malformed("preimage must be 32 bytes of hex"))?;
+    let preimage =
+        hex_decode_array::<32>(preimage).ok_or(VerifyError::Malformed("preimage must be 32 bytes of hex"))?;
     Ok(Credential { macaroon, preimage })
 }
 
@@ -113,7 +115,9 @@ pub fn challenge(scheme: Scheme, macaroon: &Macaroon, invoice: &str) -> String {
 
 pub fn challenge_from_base64(scheme: Scheme, macaroon_b64: &str, invoice: &str) -> String {
     match scheme {
-        Scheme::L402 => format!("L402 macaroon=\"{macaroon_b64}\", invoice=\"{invoice}\", version=\"0\", token=\"{macaroon_b64}\""),
+        Scheme::L402 => {
+            format!("L402 macaroon=\"{macaroon_b64}\", invoice=\"{invoice}\", version=\"0\", token=\"{macaroon_b64}\"")
+        }
         Scheme::Lsat => format!("LSAT macaroon=\"{macaroon_b64}\", invoice=\"{invoice}\""),
     }
 }

@@ -213,7 +213,14 @@ mod tests {
         let payment_hash = Sha256::digest(preimage).into();
         mint(
             &ring(),
-            &Grant { payment_hash, token_id: [3; 32], service: "weather", capabilities, valid_until: Some(1000), constraints: &[] },
+            &Grant {
+                payment_hash,
+                token_id: [3; 32],
+                service: "weather",
+                capabilities,
+                valid_until: Some(1000),
+                constraints: &[],
+            },
         )
     }
 
@@ -223,9 +230,19 @@ mod tests {
         let constraints = vec![("tier".to_string(), "gold".to_string())];
         let mac = mint(
             &ring(),
-            &Grant { payment_hash: [1; 32], token_id: [2; 32], service: "weather", capabilities: &caps, valid_until: Some(99), constraints: &constraints },
+            &Grant {
+                payment_hash: [1; 32],
+                token_id: [2; 32],
+                service: "weather",
+                capabilities: &caps,
+                valid_until: Some(99),
+                constraints: &constraints,
+            },
         );
-        assert_eq!(mac.caveats(), ["services=weather:0", "weather_capabilities=read,write", "tier=gold", "weather_valid_until=99"]);
+        assert_eq!(
+            mac.caveats(),
+            ["services=weather:0", "weather_capabilities=read,write", "tier=gold", "weather_valid_until=99"]
+        );
         assert_eq!(mac.location(), Some(&b"lsat"[..]));
     }
 
@@ -269,7 +286,10 @@ mod tests {
         assert_eq!(verify(&ring(), Credential { macaroon: mac.clone(), preimage }, &need), Err(VerifyError::Expired));
         mac.add_caveat("weather_valid_until=2000");
         let need = Requirement { now: 0, ..need };
-        assert_eq!(verify(&ring(), Credential { macaroon: mac, preimage }, &need), Err(VerifyError::CaveatWidened("valid_until")));
+        assert_eq!(
+            verify(&ring(), Credential { macaroon: mac, preimage }, &need),
+            Err(VerifyError::CaveatWidened("valid_until"))
+        );
     }
 
     #[test]
@@ -278,6 +298,9 @@ mod tests {
         identifier[1] = 1;
         let mac = Macaroon::new(&ring().minting_root_key(&identifier), identifier.to_vec(), None);
         let need = Requirement { service: "weather", capabilities: &[], now: 0, method: "GET", path: "/" };
-        assert_eq!(verify(&ring(), Credential { macaroon: mac, preimage: [0; 32] }, &need), Err(VerifyError::UnknownVersion(1)));
+        assert_eq!(
+            verify(&ring(), Credential { macaroon: mac, preimage: [0; 32] }, &need),
+            Err(VerifyError::UnknownVersion(1))
+        );
     }
 }

@@ -24,8 +24,8 @@ struct InvoiceResponse {
 
 pub fn parse_created(body: &[u8]) -> Result<Invoice, NodeError> {
     let answer: InvoiceResponse = parse_json(body)?;
-    let payment_hash =
-        hex_decode_array::<32>(&answer.payment_hash).ok_or(NodeError::BadResponse("payment_hash is not 32 bytes of hex"))?;
+    let payment_hash = hex_decode_array::<32>(&answer.payment_hash)
+        .ok_or(NodeError::BadResponse("payment_hash is not 32 bytes of hex"))?;
     Ok(Invoice { payment_hash, bolt11: answer.bolt11 })
 }
 
@@ -75,7 +75,10 @@ mod tests {
 
     #[test]
     fn parses_hex_payment_hash() {
-        let body = format!(r#"{{"bolt11":"lnbcrt1y","payment_hash":"{}","payment_secret":"00","expires_at":1}}"#, "02".repeat(32));
+        let body = format!(
+            r#"{{"bolt11":"lnbcrt1y","payment_hash":"{}","payment_secret":"00","expires_at":1}}"#,
+            "02".repeat(32)
+        );
         assert_eq!(parse_created(body.as_bytes()).unwrap().payment_hash, [2; 32]);
         assert!(parse_created(br#"{"bolt11":"lnbc1","payment_hash":"02"}"#).is_err());
     }

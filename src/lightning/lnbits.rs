@@ -28,8 +28,8 @@ struct CreateResponse {
 
 pub fn parse_created(body: &[u8]) -> Result<Invoice, NodeError> {
     let answer: CreateResponse = parse_json(body)?;
-    let payment_hash =
-        hex_decode_array::<32>(&answer.payment_hash).ok_or(NodeError::BadResponse("payment_hash is not 32 bytes of hex"))?;
+    let payment_hash = hex_decode_array::<32>(&answer.payment_hash)
+        .ok_or(NodeError::BadResponse("payment_hash is not 32 bytes of hex"))?;
     let bolt11 = answer.bolt11.or(answer.payment_request).ok_or(NodeError::BadResponse("no bolt11 in the answer"))?;
     Ok(Invoice { payment_hash, bolt11 })
 }

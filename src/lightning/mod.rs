@@ -24,7 +24,6 @@ pub struct InvoiceOrder<'a> {
     pub label: &'a str,
 }
 
-
 /// A created invoice, as the node reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invoice {
@@ -141,7 +140,6 @@ fn check_bolt11(bolt11: &str) -> Result<(), NodeError> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,7 +151,10 @@ mod tests {
         for gateway_status in [502, 503, 504] {
             assert_eq!(parse_invoice(NodeKind::Lnd, Some(gateway_status), b""), Err(NodeError::Unreachable));
         }
-        assert_eq!(parse_invoice(NodeKind::Lnbits, Some(200), b"<html>"), Err(NodeError::BadResponse("not the expected JSON")));
+        assert_eq!(
+            parse_invoice(NodeKind::Lnbits, Some(200), b"<html>"),
+            Err(NodeError::BadResponse("not the expected JSON"))
+        );
         let huge = vec![b' '; MAX_RESPONSE_BYTES + 1];
         assert_eq!(parse_invoice(NodeKind::Cln, Some(200), &huge), Err(NodeError::BadResponse("response too large")));
     }
