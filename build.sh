@@ -124,6 +124,8 @@ build_wasm() {
 }
 
 run_tests() {
+    log "cargo fmt --check"
+    cargo fmt --check
     log "cargo clippy (no panicking constructs in the library, native and wasm)"
     cargo clippy --quiet --all-targets -- -D warnings
     cargo clippy --quiet --lib --target "$WASM_TARGET" -- -D warnings
