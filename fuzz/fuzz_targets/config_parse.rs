@@ -7,7 +7,8 @@ mod common;
 
 use l402::config::{Access, Config};
 use l402::lightning::{invoice_request, InvoiceOrder};
-use l402::{policy, response};
+use l402::policy;
+use l402::response::{self, Offer};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -29,16 +30,22 @@ fuzz_target!(|data: &[u8]| {
     }
     for route in &config.routes {
         if let Access::Paid(service) = &route.access {
+            // Every paid route has a price, unless a pricing endpoint names it.
+            assert!(service.price_msat.is_some() || service.dynamic_price);
+            let price_msat = service.price_msat.unwrap_or(1);
             let memo = config.memo_for(&service.name);
-            let order = InvoiceOrder {
-                amount_msat: service.price_msat,
-                memo: &memo,
-                expiry_s: config.invoice_expiry_s,
-                label: "00ff",
-            };
+            let order =
+                InvoiceOrder { amount_msat: price_msat, memo: &memo, expiry_s: config.invoice_expiry_s, label: "00ff" };
             let request = invoice_request(config.node.kind, &config.node.credential.0, &order);
             assert!(request.path.starts_with('/'));
-            let _ = response::payment_required(&config, service, "AgEEbHNhdA", "lnbc1", None);
+            let offer = Offer {
+                service: &service.name,
+                price_msat,
+                macaroon_b64: "AgEEbHNhdA",
+                invoice: "lnbc1",
+                expiry_s: config.invoice_expiry_s,
+            };
+            let _ = response::payment_required(&config, &offer, None);
         }
     }
 });

@@ -66,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
         };
         let verified = parsed.map(|p| p.and_then(|credential| verify(&config.secrets, credential, &need)));
         match (&decision, &verified) {
-            (Decision::Paid { identifier, preimage_proven, service: paid }, Some(Ok(token))) => {
+            (Decision::Paid { identifier, preimage_proven, service: paid, .. }, Some(Ok(token))) => {
                 assert_eq!(*paid, service);
                 assert_eq!(*identifier, token.identifier);
                 assert!(*preimage_proven, "every credential of this config carries a preimage");
