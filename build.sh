@@ -212,7 +212,7 @@ main() {
         setup) cmd_setup "$@" ;;
         bench) cmd_bench "$@" ;;
         -h|--help|help) awk 'NR>1 && !/^#/{exit} NR>1{sub(/^# ?/,""); print}' "$0" ;;
-        *) die "unknown command '$cmd' (build | test | demo | setup)" ;;
+        *) die "unknown command '$cmd' (build | test | demo | setup | bench)" ;;
     esac
 }
 
