@@ -1,5 +1,7 @@
-//! HTTP calls the filter makes (to the Lightning node, to the pricing service), as plain data.
+//! HTTP calls the filter makes (to the Lightning node, the pricing service, the fleet store), as
+//! plain data, and how their answers are read, for either host.
 
+use crate::config::Endpoint;
 use crate::lightning::NodeError;
 
 /// An HTTP request, without the host-specific pseudo-headers for authority and scheme.
@@ -26,6 +28,72 @@ impl Callout {
     }
 }
 
+impl Callout {
+    /// The headers to dispatch: pseudo-headers first. Envoy routes the call by cluster name and takes
+    /// TLS from the cluster; Kong dials `upstream` (`host:port`), speaks TLS when `:scheme` is
+    /// `https` and uses `:authority` as the SNI name, so both are always sent.
+    pub fn headers<'a>(&'a self, endpoint: &'a Endpoint, content_length: &'a str) -> Vec<(&'a str, &'a str)> {
+        let mut headers: Vec<(&str, &str)> = vec![
+            (":method", self.method),
+            (":path", &self.path),
+            (":authority", &endpoint.authority),
+            (":scheme", if endpoint.tls { "https" } else { "http" }),
+            ("content-length", content_length),
+        ];
+        headers.extend(self.headers.iter().map(|(k, v)| (*k, v.as_str())));
+        headers
+    }
+}
+
+/// The HTTP status of a callout's answer, or `None` when the host reports that the call itself
+/// failed: Envoy leaves `:status` out, Kong (ngx_wasm_module) sets `:dispatch_status` to something
+/// other than `ok` (e.g. `timeout`, `broken connection`).
+pub fn answer_status(status: Option<&str>, dispatch_status: Option<&str>) -> Option<u32> {
+    if dispatch_status.is_some_and(|s| s != "ok") {
+        return None;
+    }
+    status?.parse().ok()
+}
+
 pub(crate) fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, NodeError> {
     serde_json::from_slice(body).map_err(|_| NodeError::BadResponse("not the expected JSON"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn kong_style_callouts_carry_scheme_and_authority() {
+        let endpoint =
+            Endpoint { upstream: "10.0.0.5:8080".into(), authority: "lnd.internal".into(), tls: true, timeout_ms: 500 };
+        let call = Callout::post_json("/v1/invoices", Some(("grpc-metadata-macaroon", "0201")), &json!({"memo": "m"}));
+        let length = call.body.len().to_string();
+        let headers = call.headers(&endpoint, &length);
+        assert_eq!(
+            headers,
+            [
+                (":method", "POST"),
+                (":path", "/v1/invoices"),
+                (":authority", "lnd.internal"),
+                (":scheme", "https"),
+                ("content-length", "12"),
+                ("grpc-metadata-macaroon", "0201"),
+                ("content-type", "application/json"),
+            ]
+        );
+        let plain = Endpoint { tls: false, ..endpoint };
+        assert!(Callout::get("/x", ("x-api-key", "k")).headers(&plain, "0").contains(&(":scheme", "http")));
+    }
+
+    #[test]
+    fn failed_calls_are_told_apart_on_both_hosts() {
+        assert_eq!(answer_status(Some("200"), None), Some(200), "Envoy, answered");
+        assert_eq!(answer_status(None, None), None, "Envoy, failed: no :status");
+        assert_eq!(answer_status(Some("201"), Some("ok")), Some(201), "Kong, answered");
+        assert_eq!(answer_status(None, Some("timeout")), None, "Kong, timed out");
+        assert_eq!(answer_status(Some("200"), Some("broken connection")), None, "Kong, failed mid-way");
+        assert_eq!(answer_status(Some("abc"), None), None);
+    }
 }

@@ -1,7 +1,7 @@
 //! Host calls through the SDK's `Result`-returning functions: the trait helpers unwrap, and a panic
 //! would take down the VM for every request on the worker. Every failure here becomes a value.
 
-use crate::callout::Callout;
+use crate::callout::{answer_status, Callout};
 use crate::config::Endpoint;
 use crate::response::grpc;
 use crate::store::{SharedStore, StoreError};
@@ -17,9 +17,14 @@ pub fn request_header(name: &str) -> Result<Option<String>, ()> {
     }
 }
 
+fn call_response_header(name: &str) -> Option<String> {
+    let bytes = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name).ok()??;
+    String::from_utf8(bytes).ok()
+}
+
+/// The status of the callout's answer; `None` when the call failed (see `callout::answer_status`).
 pub fn call_response_status() -> Option<u32> {
-    let bytes = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status").ok()??;
-    core::str::from_utf8(&bytes).ok()?.parse().ok()
+    answer_status(call_response_header(":status").as_deref(), call_response_header(":dispatch_status").as_deref())
 }
 
 pub fn call_response_body(size: usize) -> Vec<u8> {
@@ -62,14 +67,7 @@ pub fn set_tick_period(period: Duration) {
 /// Dispatches a callout to an endpoint; its answer arrives in `on_http_call_response`.
 pub fn dispatch(endpoint: &Endpoint, request: &Callout) -> Result<u32, ()> {
     let content_length = request.body.len().to_string();
-    let mut headers: Vec<(&str, &str)> = vec![
-        (":method", request.method),
-        (":path", &request.path),
-        (":authority", &endpoint.authority),
-        (":scheme", if endpoint.tls { "https" } else { "http" }),
-        ("content-length", &content_length),
-    ];
-    headers.extend(request.headers.iter().map(|(k, v)| (*k, v.as_str())));
+    let headers = request.headers(endpoint, &content_length);
     let timeout = Duration::from_millis(u64::from(endpoint.timeout_ms));
     hostcalls::dispatch_http_call(&endpoint.upstream, headers, Some(&request.body), Vec::new(), timeout).map_err(drop)
 }
