@@ -1,7 +1,9 @@
 //! l402-wasm: an L402 paywall for Envoy and Kong as a proxy-wasm filter.
 //!
-//! `l402` is the protocol, `lightning` the node APIs, `config` and `gate` the policy; all of them
-//! are pure and tested natively. `filter` is the only module that talks to the proxy-wasm host.
+//! `l402` is the protocol; `lightning`, `pricing` and `fleet` the services the filter calls, as
+//! plain data; `config`, `policy` and `gate` the decision; `store` the counters kept in the proxy's
+//! shared data; `response` and `metrics` what the filter answers and counts. All of them are pure
+//! and tested natively. `filter` is the only module that talks to the proxy-wasm host.
 
 // A panic kills the VM for every request on its worker: nothing in the library may panic on
 // request data, node answers or configuration. Tests may unwrap.

@@ -468,7 +468,7 @@ impl HttpContext for Http {
                 self.remove_metering_headers();
                 Action::Continue
             }
-            Decision::Paid { service, .. } if shared.is_revoked_in_fleet(&decision) => {
+            Decision::Paid { identifier, service, .. } if shared.is_revoked_in_fleet(&identifier.token_id) => {
                 self.challenge(service.clone(), Some(Refusal::Revoked))
             }
             Decision::Paid { identifier, preimage_proven, service, price_msat } => {

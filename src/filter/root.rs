@@ -5,7 +5,6 @@ use super::host;
 use super::http::Http;
 use crate::config::Config;
 use crate::fleet;
-use crate::gate::Decision;
 use crate::gate::VerifiedCache;
 use crate::metrics::{Counter, Pending, CALLOUT_LATENCY_MS};
 use crate::pricing::QuoteCache;
@@ -39,11 +38,8 @@ impl Shared {
         self.counts.bump(counter);
     }
 
-    pub fn is_revoked_in_fleet(&self, decision: &Decision<'_>) -> bool {
-        match decision {
-            Decision::Paid { identifier, .. } => self.fleet_revoked.borrow().contains(&identifier.token_id),
-            _ => false,
-        }
+    pub fn is_revoked_in_fleet(&self, token_id: &[u8; 32]) -> bool {
+        self.fleet_revoked.borrow().contains(token_id)
     }
 }
 
