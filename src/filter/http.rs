@@ -384,11 +384,8 @@ impl Context for Http {
             host::record_metric(id, u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
         }
         let status = host::call_response_status();
-        let body = if body_size > MAX_RESPONSE_BYTES {
-            vec![0; MAX_RESPONSE_BYTES + 1]
-        } else {
-            host::call_response_body(body_size)
-        };
+        // One byte past the limit is enough for the parsers to refuse an oversized answer.
+        let body = host::call_response_body(body_size.min(MAX_RESPONSE_BYTES.saturating_add(1)));
         let action = match waiting {
             Waiting::Price { service, refusal } => {
                 self.priced(service, refusal, parse_quote(status, &body));
