@@ -55,6 +55,29 @@ pub fn answer_status(status: Option<&str>, dispatch_status: Option<&str>) -> Opt
     status?.parse().ok()
 }
 
+/// Largest answer body read from any callout; every answer we expect is a few hundred bytes.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Whether a callout was answered with success. Envoy answers a failed callout itself (connection
+/// refused or reset, TLS failure: 503; timeout: 504), as a reverse proxy in front of the service
+/// would: the gateway statuses mean unreachable.
+pub(crate) fn check_status(status: Option<u32>) -> Result<(), NodeError> {
+    match status {
+        None | Some(502..=504) => Err(NodeError::Unreachable),
+        Some(200..=299) => Ok(()),
+        Some(other) => Err(NodeError::Status(other)),
+    }
+}
+
+/// [`check_status`], and a body within [`MAX_RESPONSE_BYTES`].
+pub(crate) fn check_answer(status: Option<u32>, body: &[u8]) -> Result<(), NodeError> {
+    check_status(status)?;
+    if body.len() > MAX_RESPONSE_BYTES {
+        return Err(NodeError::BadResponse("response too large"));
+    }
+    Ok(())
+}
+
 pub(crate) fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, NodeError> {
     serde_json::from_slice(body).map_err(|_| NodeError::BadResponse("not the expected JSON"))
 }

@@ -3,7 +3,7 @@
 //! Pure: requests as data, answers parsed. Keys and values travel base64-encoded, as the gateway
 //! requires; 64-bit numbers arrive as strings (proto3 JSON).
 
-use crate::callout::{parse_json, Callout};
+use crate::callout::{check_answer, check_status, parse_json, Callout};
 use crate::l402::encoding::{base64_decode, base64_encode, hex_decode_array, hex_encode};
 use crate::lightning::NodeError;
 use serde::Deserialize;
@@ -83,16 +83,8 @@ struct KeyValue {
     mod_revision: String,
 }
 
-fn check_status(status: Option<u32>) -> Result<(), NodeError> {
-    match status {
-        None | Some(502..=504) => Err(NodeError::Unreachable),
-        Some(200..=299) => Ok(()),
-        Some(other) => Err(NodeError::Status(other)),
-    }
-}
-
 pub fn parse_count(status: Option<u32>, body: &[u8]) -> Result<TxnOutcome, NodeError> {
-    check_status(status)?;
+    check_answer(status, body)?;
     let answer: TxnResponse = parse_json(body)?;
     if answer.succeeded {
         return Ok(TxnOutcome::Counted);

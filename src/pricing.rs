@@ -1,7 +1,7 @@
 //! Dynamic prices: the operator's pricing endpoint names the price of a request, and the answer is
 //! cached per (method, path) for a while. Pure: requests as data, answers parsed into a [`Quote`].
 
-use crate::callout::{parse_json, Callout};
+use crate::callout::{check_answer, parse_json, Callout};
 use crate::config::{is_token_text, Pricing};
 use crate::lightning::NodeError;
 use serde::Deserialize;
@@ -44,11 +44,7 @@ struct Answer {
 }
 
 pub fn parse_quote(status: Option<u32>, body: &[u8]) -> Result<Quote, NodeError> {
-    match status {
-        None | Some(502..=504) => return Err(NodeError::Unreachable),
-        Some(200..=299) => {}
-        Some(other) => return Err(NodeError::Status(other)),
-    }
+    check_answer(status, body)?;
     let answer: Answer = parse_json(body)?;
     let price_msat = match (answer.price_msat, answer.price_sat) {
         (Some(msat), None) => Some(msat),

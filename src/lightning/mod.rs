@@ -5,12 +5,11 @@ pub mod cln;
 pub mod lnbits;
 pub mod lnd;
 
-pub use crate::callout::Callout;
+use crate::callout::check_answer;
+pub use crate::callout::{Callout, MAX_RESPONSE_BYTES};
 use crate::config::NodeKind;
 use core::fmt;
 
-/// Largest node response body read; invoices are a few hundred bytes.
-pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Longest BOLT11 string accepted from a node (the description is capped at 639 bytes).
 const MAX_BOLT11_LEN: usize = 4096;
 
@@ -90,15 +89,10 @@ pub fn settlement_request(kind: NodeKind, credential: &str, payment_hash: &[u8; 
 /// Reads the answer to [`settlement_request`]: whether the invoice is paid. An invoice the node
 /// does not know is not paid.
 pub fn parse_settlement(kind: NodeKind, status: Option<u32>, body: &[u8]) -> Result<bool, NodeError> {
-    match status {
-        None | Some(502..=504) => return Err(NodeError::Unreachable),
-        Some(404) => return Ok(false),
-        Some(200..=299) => {}
-        Some(other) => return Err(NodeError::Status(other)),
+    if status == Some(404) {
+        return Ok(false);
     }
-    if body.len() > MAX_RESPONSE_BYTES {
-        return Err(NodeError::BadResponse("response too large"));
-    }
+    check_answer(status, body)?;
     match kind {
         NodeKind::Lnd => lnd::parse_settled(body),
         NodeKind::Cln => cln::parse_settled(body),
@@ -107,18 +101,8 @@ pub fn parse_settlement(kind: NodeKind, status: Option<u32>, body: &[u8]) -> Res
 }
 
 /// Reads the node's answer to [`invoice_request`]; `status` is `None` when the host saw no response.
-///
-/// Envoy answers a failed callout itself (connection refused or reset, TLS failure: 503; timeout:
-/// 504), as a reverse proxy in front of a node would: the gateway statuses mean unreachable.
 pub fn parse_invoice(kind: NodeKind, status: Option<u32>, body: &[u8]) -> Result<Invoice, NodeError> {
-    match status {
-        None | Some(502..=504) => return Err(NodeError::Unreachable),
-        Some(200..=299) => {}
-        Some(other) => return Err(NodeError::Status(other)),
-    }
-    if body.len() > MAX_RESPONSE_BYTES {
-        return Err(NodeError::BadResponse("response too large"));
-    }
+    check_answer(status, body)?;
     let invoice = match kind {
         NodeKind::Lnd => lnd::parse_created(body),
         NodeKind::Cln => cln::parse_created(body),
