@@ -9,7 +9,7 @@ use core::cell::Cell;
 macro_rules! counters {
     ($($variant:ident => $name:literal,)*) => {
         /// A counter, published under its name (Envoy: `wasmcustom.<name>` in /stats, `<name>` in
-        /// /stats/prometheus; Kong: `pw.l402.<name>`).
+        /// /stats/prometheus; Kong: `pw:l402:<name>`).
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub enum Counter { $($variant,)* }
 
