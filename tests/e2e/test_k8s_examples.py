@@ -1,7 +1,9 @@
 """k8s/: every YAML document parses, is a kind we know at the apiVersion its API has, uses only field
 names that API defines (lists written down below from the Istio, Envoy Gateway and Kubernetes API
 references), and the filter config embedded in it passes both the schema (kong/l402.meta.json) and
-`l402 config check`. No Kubernetes cluster runs in the test environment."""
+`l402 config check`. Every file directly in a folder of k8s/ is a complete object (what
+`kubectl apply -f <folder>` needs); patches of existing objects live in `patches/` subfolders, which a
+folder apply does not read. No Kubernetes cluster runs in the test environment."""
 
 from __future__ import annotations
 
@@ -17,6 +19,10 @@ from test_kong_schema import ENV, VALIDATOR, parser
 
 K8S = ROOT / "k8s"
 FILES = sorted(K8S.rglob("*.yaml"))
+# The folders an operator applies with `kubectl apply -f <folder>` (not recursive), and the patches.
+FOLDERS = sorted(p for p in K8S.iterdir() if p.is_dir())
+APPLIED = sorted(f for d in FOLDERS for f in d.iterdir() if f.suffix in (".yaml", ".yml", ".json"))
+PATCHES = sorted(f for f in FILES if "patches" in f.relative_to(K8S).parts)
 
 META = {"name", "namespace", "labels", "annotations"}
 # kind -> (apiVersion, {dotted path of an object: its allowed keys}); "*" allows any key (maps of
@@ -82,6 +88,36 @@ KNOWN: dict[str, tuple[str, dict[str, set[str]]]] = {
 }
 
 
+# kind -> what a complete object of that kind must have (dotted paths; "a|b" is one of them), beyond
+# apiVersion, kind and metadata.name: the fields the API server requires, and the workload or route a
+# plugin or policy attaches to (without which it would apply to every workload of the namespace).
+REQUIRED: dict[str, list[str]] = {
+    "WasmPlugin": ["spec.url", "spec.selector|spec.targetRef|spec.targetRefs"],
+    "ServiceEntry": ["spec.hosts"],
+    "DestinationRule": ["spec.host"],
+    "Deployment": ["spec.selector.matchLabels", "spec.template.metadata.labels",
+                   "spec.template.spec.containers[].image"],
+    "EnvoyExtensionPolicy": ["spec.targetRef|spec.targetRefs|spec.targetSelectors", "spec.wasm[].code"],
+    "EnvoyPatchPolicy": ["spec.targetRef", "spec.type", "spec.jsonPatches"],
+    "EnvoyProxy": [],
+}
+
+
+def missing_fields(doc: dict[str, Any]) -> list[str]:
+    """The fields a complete object of doc's kind needs and doc lacks."""
+    def present(value: Any, keys: list[str]) -> bool:
+        if not keys:
+            return value not in (None, "", [], {})
+        key, rest = keys[0], keys[1:]
+        if key.endswith("[]"):
+            items = value.get(key[:-2]) if isinstance(value, dict) else None
+            return isinstance(items, list) and bool(items) and all(present(i, rest) for i in items)
+        return isinstance(value, dict) and present(value.get(key), rest)
+
+    wanted = ["apiVersion", "kind", "metadata.name"] + REQUIRED.get(doc.get("kind"), ["<a kind the test knows>"])
+    return [w for w in wanted if not any(present(doc, alt.split(".")) for alt in w.split("|"))]
+
+
 def documents() -> list[tuple[str, dict[str, Any]]]:
     out = []
     for path in FILES:
@@ -129,6 +165,61 @@ def test_document_uses_known_fields(doc):
     errors: list[str] = []
     check_keys(doc["spec"], "spec", allowed, errors)
     assert not errors, errors
+
+
+def test_every_folder_applies_as_a_folder():
+    """`kubectl apply -f k8s/<folder>/` reads exactly the files directly in it: each must hold only
+    complete objects, and a Deployment's selector must select its own pods."""
+    assert {d.name for d in FOLDERS} == {"istio", "envoy-gateway"}
+    assert APPLIED, "no files to apply"
+    errors = []
+    for path in APPLIED:
+        for i, doc in enumerate(yaml.safe_load_all(path.read_text())):
+            where = f"{path.relative_to(K8S)}#{i}"
+            if not isinstance(doc, dict):
+                errors.append(f"{where}: not an object")
+                continue
+            errors += [f"{where} ({doc.get('kind')}): no {m}" for m in missing_fields(doc)]
+            if doc.get("kind") == "Deployment" and not missing_fields(doc):
+                labels = doc["spec"]["template"]["metadata"]["labels"]
+                if not doc["spec"]["selector"]["matchLabels"].items() <= labels.items():
+                    errors.append(f"{where}: spec.selector does not select spec.template")
+    assert not errors, errors
+
+
+def test_patches_are_kept_out_of_the_applied_folders():
+    """A patch is an incomplete object: it sits in a patches/ subfolder that a folder apply skips,
+    and the docs say how to apply it."""
+    assert [p.relative_to(K8S).as_posix() for p in PATCHES] == ["istio/patches/l402-secrets.yaml"]
+    docs = (ROOT / "docs" / "kubernetes.md").read_text()
+    for path in PATCHES:
+        assert path not in APPLIED and path.parent.name == "patches" and path.parent.parent in FOLDERS
+        for doc in yaml.safe_load_all(path.read_text()):
+            assert missing_fields(doc), f"{path.name}: a complete object, it belongs in the folder itself"
+        rel = path.relative_to(ROOT).as_posix()
+        assert rel in docs and rel in path.read_text(), f"{rel}: how to apply it is not written down"
+    assert "kubectl apply -f k8s/istio/" in docs and "kubectl apply -f k8s/envoy-gateway/" in docs
+    assert "kubectl patch" in docs or "-n istio-ingress patch" in docs
+
+
+def test_the_completeness_check_can_fail():
+    (patch,) = [d for p in PATCHES for d in yaml.safe_load_all(p.read_text())]
+    assert missing_fields(patch) == ["spec.selector.matchLabels", "spec.template.metadata.labels",
+                                     "spec.template.spec.containers[].image"]
+    assert missing_fields({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+                           "metadata": {"name": "x"}, "spec": {"url": "oci://x"}}) == [
+        "spec.selector|spec.targetRef|spec.targetRefs"]
+    assert missing_fields({"kind": "Secret"}) == ["apiVersion", "metadata.name", "<a kind the test knows>"]
+
+
+def test_envoy_gateway_floor_is_1_3():
+    """wasm[].env (the secrets' way into the VM) arrived in Envoy Gateway 1.3."""
+    (policy,) = _by_kind("EnvoyExtensionPolicy", "envoy-gateway/")
+    assert "env" in policy["spec"]["wasm"][0]
+    text = (K8S / "envoy-gateway" / "l402-extension-policy.yaml").read_text()
+    docs = (ROOT / "docs" / "kubernetes.md").read_text()
+    assert "1.3+" in text and "Envoy Gateway 1.3+" in docs
+    assert not re.search(r"1\.2\+", text + docs)
 
 
 def test_the_key_check_can_fail():
