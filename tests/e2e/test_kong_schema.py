@@ -627,6 +627,8 @@ def test_kong_declarative_files(tmp_path):
         # Under Kong the node is dialled as host:port, and TLS means `:scheme: https`.
         assert re.fullmatch(r"[a-z0-9.-]+:\d+", cfg["node"]["upstream"]), cfg["node"]["upstream"]
         assert cfg["node"]["tls"] is True
+        # The authority is the TLS server name: a host name (Kong derives no SNI from an IP address).
+        assert "${LND_HOST}:" in text and not _is_ip(cfg["node"]["authority"].rsplit(":", 1)[0])
         # Kong's host passes no environment to filters: no {"env": ...} sources in a Kong config.
         assert "env" not in json.dumps(cfg)
         assert schema_accepts(cfg), [e.message for e in VALIDATOR.iter_errors(cfg)]
@@ -637,6 +639,46 @@ def test_kong_declarative_files(tmp_path):
         assert not schema_accepts(raw_cfg) and not parser(raw_cfg, tmp_path, env={})["valid"]
         seen[name] = cfg
     assert seen["kong.yml"] == seen["kong-plugin.yml"], "the two Kong forms configure different paywalls"
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+def test_kong_plugin_form_is_never_global():
+    """Kong 3.9's Wasm plugin needs a service or a route: the plugin sits on one, and the file does not
+    offer a global form."""
+    text = (ROOT / "kong" / "kong-plugin.yml").read_text()
+    doc = yaml.safe_load(fill(text, "kong-plugin.yml"))
+    assert "plugins" not in doc, "a top-level (global) plugin"
+    assert not any("plugins" in s for s in doc["services"])
+    assert [p["name"] for s in doc["services"] for r in s["routes"] for p in r.get("plugins", [])] == ["l402"]
+    assert "globally" not in text and "no global" in text
+
+
+def test_kong_docs_state_versions_and_host_facts():
+    doc = (ROOT / "docs" / "kong.md").read_text()
+    texts = {name: (ROOT / name).read_text() for name in
+             ("README.md", "docs/kong.md", "kong/kong.conf", "kong/kong.yml", "kong/kong-plugin.yml", "src/metrics.rs")}
+    for name, text in texts.items():
+        assert "pw.l402" not in text, f"{name}: Kong stores metrics as pw:l402:<name>"
+        assert "3.4-3.9" not in text and "3.4–3.9" not in text, f"{name}: 3.4-3.8 are not supported"
+    assert "pw:l402:" in doc and "pw:l402:" in texts["README.md"]
+    # The table per version: engine, verdict, properties.
+    table = [l for l in doc.splitlines() if l.startswith("| 3.") or l.startswith("| Enterprise")]
+    rows = {l.split("|")[1].strip(): l for l in table}
+    assert {"3.4", "3.5, 3.6", "3.7, 3.8", "3.9.0–3.9.3", "Enterprise 3.10", "3.11 and later"} <= set(rows)
+    assert "9136e463" in rows["3.9.0–3.9.3"] and "26.0.0" in rows["3.9.0–3.9.3"] and "**supported**" in rows["3.9.0–3.9.3"]
+    assert "**supported**" in rows["Enterprise 3.10"]
+    for v in ("3.4", "3.5, 3.6", "3.7, 3.8"):
+        assert "**unsupported**" in rows[v] and "instead of a 503" in rows[v], v
+    assert "removed" in doc and "in front of Kong" in doc and "behind Kong" in doc
+    assert "`nginx_wasm_shm_kv = 16m`" in doc and "host name" in doc and "only as a JSON *string*" in doc
 
 
 def test_kong_conf():
@@ -651,6 +693,8 @@ def test_kong_conf():
     assert settings["nginx_wasm_tls_verify_host"] == "on"
     assert settings["nginx_wasm_tls_trusted_certificate"].startswith("/")
     assert settings["declarative_config"].endswith("kong.yml")
+    # The default shared-memory zone the filter's counters need (Kong 3.7+ makes `shm_kv *` from it).
+    assert settings["nginx_wasm_shm_kv"] == "16m"
     # Every key is one of Kong's (or an nginx_wasm_* injected directive).
     known = {"wasm", "wasm_filters_path", "database", "declarative_config"}
     for key in settings:
