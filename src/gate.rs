@@ -7,7 +7,7 @@ use crate::l402::header::{is_l402_authorization, parse_authorization, parse_maca
 use crate::l402::{
     authenticate, authenticate_without_preimage, Identifier, Requirement, SecretRing, Token, VerifyError,
 };
-use crate::policy;
+use crate::policy::{self, path::Ambiguity};
 use core::fmt;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -77,6 +77,8 @@ pub enum Decision<'c> {
     Challenge { service: &'c Service, refusal: Option<Refusal> },
     /// No route matches and `unmatched: deny`.
     NoRoute,
+    /// The path may be read as more than one path, so no rule can be trusted with it.
+    AmbiguousPath(Ambiguity),
 }
 
 /// The forms a credential comes in; the same text means different things in each.
@@ -178,12 +180,19 @@ fn authorization_form(config: &Config, header: &str) -> Form {
 }
 
 pub fn decide<'c>(config: &'c Config, cache: &mut VerifiedCache, request: &RequestView<'_>) -> Decision<'c> {
-    let path = policy::path_only(request.path);
-    let Some(route) = policy::select(config, request.method, path, request.authority) else {
-        return match config.unmatched {
-            Unmatched::Free => Decision::Free,
-            Unmatched::Deny => Decision::NoRoute,
-        };
+    let readings = match policy::path::readings(policy::path_only(request.path), config.paths.encoded_slashes) {
+        Ok(readings) => readings,
+        Err(why) => return Decision::AmbiguousPath(why),
+    };
+    let route = match policy::select(config, request.method, &readings, request.authority) {
+        Ok(Some(route)) => route,
+        Ok(None) => {
+            return match config.unmatched {
+                Unmatched::Free => Decision::Free,
+                Unmatched::Deny => Decision::NoRoute,
+            }
+        }
+        Err(why) => return Decision::AmbiguousPath(why),
     };
     let service = match &route.access {
         Access::Free => return Decision::Free,
@@ -194,7 +203,7 @@ pub fn decide<'c>(config: &'c Config, cache: &mut VerifiedCache, request: &Reque
         capabilities: &service.capabilities,
         now: request.now,
         method: request.method,
-        path,
+        path: readings.canonical(),
     };
     let verified = match (request.authorization, request.macaroon) {
         (Some(header), _) if is_l402_authorization(header) => {
@@ -204,7 +213,11 @@ pub fn decide<'c>(config: &'c Config, cache: &mut VerifiedCache, request: &Reque
         // Another scheme (Basic, Bearer) is no L402 credential at all.
         (Some(_), None) | (None, None) => return Decision::Challenge { service, refusal: None },
     };
-    let token = match verified.and_then(|token| token.authorize(&need).map(|_| token)) {
+    // Path caveats must hold for every reading, or the upstream could serve one they exclude.
+    let authorized = |token: &Token| {
+        readings.decoded().try_for_each(|path| token.authorize(&Requirement { path, ..need }).map(drop))
+    };
+    let token = match verified.and_then(|token| authorized(token).map(|()| token)) {
         Ok(token) => token,
         Err(refusal) => return Decision::Challenge { service, refusal: Some(refusal.into()) },
     };
@@ -370,6 +383,52 @@ mod tests {
             decide(&lenient, &mut cache, &view("/v1/x", Some(&paid), 0)),
             Decision::Paid { preimage_proven: true, .. }
         ));
+    }
+
+    #[test]
+    fn paths_read_differently_upstream_are_refused() {
+        let config = config();
+        let mut cache = VerifiedCache::new(8);
+        let header = authorization(&token(&config, "weather", None));
+        for (path, why) in [
+            ("/health/..%2fv1/forecast", Ambiguity::EncodedSlash),
+            ("/health/../v1/forecast", Ambiguity::DotSegment),
+            ("/health/%2e%2e/v1/forecast", Ambiguity::DotSegment),
+            ("//v1/forecast", Ambiguity::DifferentRules),
+            ("/health;/../v1/forecast", Ambiguity::DotSegment),
+        ] {
+            assert_eq!(decide(&config, &mut cache, &view(path, None, 0)), Decision::AmbiguousPath(why), "{path}");
+            assert_eq!(decide(&config, &mut cache, &view(path, Some(&header), 0)), Decision::AmbiguousPath(why));
+        }
+        // Decoded readings under one rule pass, and a plain path is unchanged.
+        assert_eq!(paid_token(decide(&config, &mut cache, &view("/v1/caf%C3%A9", Some(&header), 0))), Some([4; 32]));
+        assert_eq!(decide(&config, &mut cache, &view("/health%3Bx", None, 0)), Decision::Free);
+    }
+
+    #[test]
+    fn path_caveats_hold_for_every_reading() {
+        let config = config();
+        let mut cache = VerifiedCache::new(8);
+        let restricted = |path: &str| {
+            let constraints = vec![("weather_path".to_owned(), path.to_owned())];
+            let grant = Grant {
+                payment_hash: Sha256::digest(PREIMAGE).into(),
+                token_id: [4; 32],
+                service: "weather",
+                capabilities: &[],
+                valid_until: None,
+                constraints: &constraints,
+            };
+            authorization(&mint(&config.secrets, &grant))
+        };
+        // The minted path is the decoded one, and that is what it opens, however it is spelled.
+        let header = restricted("/v1/café");
+        for path in ["/v1/café", "/v1/caf%C3%A9", "/v1/caf%c3%a9", "/v1//café"] {
+            assert_eq!(paid_token(decide(&config, &mut cache, &view(path, Some(&header), 0))), Some([4; 32]), "{path}");
+        }
+        // A Tomcat upstream serves /v1/a for /v1/a;b: a token for /v1/a;b does not open it.
+        let header = restricted("/v1/a;b");
+        assert_eq!(refusal(decide(&config, &mut cache, &view("/v1/a;b", Some(&header), 0))), Some("restricted"));
     }
 
     #[test]

@@ -41,6 +41,7 @@ counters! {
     Revoked => "l402_refused_revoked",
     UsedUp => "l402_refused_used_up",
     Unsettled => "l402_refused_unsettled",
+    AmbiguousPath => "l402_refused_ambiguous_path",
     Freebies => "l402_freebies_granted",
     ChallengesLimited => "l402_challenges_rate_limited",
     StoreErrors => "l402_store_errors",

@@ -5,10 +5,12 @@ use crate::config::Config;
 use crate::gate::Refusal;
 use crate::l402::header::{challenge_from_base64, Scheme};
 use crate::lightning::NodeError;
+use crate::policy::path::Ambiguity;
 use serde_json::json;
 
 /// gRPC status codes used when the request is gRPC: its clients read `grpc-status`, not `:status`.
 pub mod grpc {
+    pub const INVALID_ARGUMENT: u32 = 3;
     pub const PERMISSION_DENIED: u32 = 7;
     pub const RESOURCE_EXHAUSTED: u32 = 8;
     /// What Aperture answers for payment required.
@@ -118,6 +120,12 @@ pub fn no_route() -> LocalResponse {
     json_response(403, body, Vec::new(), (grpc::PERMISSION_DENIED, "no route"))
 }
 
+/// 400 for a path an upstream could read as another path than the one the filter decided on.
+pub fn ambiguous_path(why: &Ambiguity) -> LocalResponse {
+    let body = json!({ "error": "bad_request", "reason": "ambiguous_path", "detail": why.to_string() });
+    json_response(400, body, Vec::new(), (grpc::INVALID_ARGUMENT, "ambiguous path"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +158,15 @@ mod tests {
         assert!(is_grpc("Application/GRPC-web"));
         assert!(!is_grpc("application/json"));
         assert!(!is_grpc("application/grp"));
+    }
+
+    #[test]
+    fn ambiguous_paths_are_400_with_reason() {
+        let r = ambiguous_path(&Ambiguity::DotSegment);
+        assert_eq!((r.status, r.grpc_status), (400, grpc::INVALID_ARGUMENT));
+        let body: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["reason"], "ambiguous_path");
+        assert_eq!(body["detail"], "the path has a . or .. segment");
     }
 
     #[test]

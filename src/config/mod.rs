@@ -2,8 +2,10 @@
 //! and `l402 config check`. Parsing is strict (unknown fields are refused) and every error names the
 //! field it is about, so a bad config stops the plugin at load with a message an operator can act on.
 
+mod paths;
 mod routes;
 
+pub use paths::{EncodedSlashes, Paths};
 use routes::RawRoute;
 pub use routes::{Access, Freebies, Glob, HostMatch, PathMatch, Route, Service};
 
@@ -69,6 +71,8 @@ struct RawConfig {
     fleet: Option<RawFleet>,
     #[serde(default)]
     on_store_error: OnStoreError,
+    #[serde(default)]
+    paths: Paths,
 }
 
 #[derive(Deserialize)]
@@ -398,6 +402,7 @@ pub struct Config {
     pub pricing: Option<Pricing>,
     pub fleet: Option<Fleet>,
     pub on_store_error: OnStoreError,
+    pub paths: Paths,
 }
 
 impl Config {
@@ -605,6 +610,7 @@ impl RawConfig {
             pricing,
             fleet: self.fleet.map(RawFleet::validate).transpose()?,
             on_store_error: self.on_store_error,
+            paths: self.paths,
         })
     }
 }
@@ -728,6 +734,18 @@ mod tests {
         v["fleet"] = json!({"upstream": "etcd", "authority": "x"});
         v["on_store_error"] = json!("fail_sideways");
         assert_eq!(error_field(&v), "on_store_error");
+    }
+
+    #[test]
+    fn paths_reject_encoded_slashes_unless_allowed() {
+        let mut v = base();
+        assert_eq!(parse(&v).unwrap().paths.encoded_slashes, EncodedSlashes::Reject);
+        v["paths"] = json!({"encoded_slashes": "allow"});
+        assert_eq!(parse(&v).unwrap().paths.encoded_slashes, EncodedSlashes::Allow);
+        v["paths"] = json!({"encoded_slashes": "decode"});
+        assert_eq!(error_field(&v), "paths.encoded_slashes");
+        v["paths"] = json!({"merge_slashes": true});
+        assert_eq!(error_field(&v), "paths.merge_slashes");
     }
 
     #[test]

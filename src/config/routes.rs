@@ -110,7 +110,8 @@ fn wildcard_match(pattern: &str, text: &str) -> bool {
     rest.ends_with(last)
 }
 
-/// A host name or `*.suffix`, matched against `:authority` without its port, in any case.
+/// A host name or `*.suffix`, matched against `:authority` without its port and one trailing dot
+/// (`api.example.com.` is the same name), in any case.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostMatch {
     Exact(String),
@@ -120,6 +121,7 @@ pub enum HostMatch {
 impl HostMatch {
     pub fn matches(&self, authority: &str) -> bool {
         let host = strip_port(authority);
+        let host = host.strip_suffix('.').unwrap_or(host);
         match self {
             HostMatch::Exact(name) => host.eq_ignore_ascii_case(name),
             HostMatch::Suffix(suffix) => {
@@ -197,6 +199,7 @@ fn host_match(host: String, field: String) -> Result<HostMatch, ConfigError> {
         Some(rest) => (rest, true),
         None => (host.as_str(), false),
     };
+    let name = name.strip_suffix('.').unwrap_or(name);
     let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
     if !valid {
         return Err(ConfigError::new(field, "must be a host name or *.domain"));
@@ -344,10 +347,15 @@ mod tests {
         let exact = HostMatch::Exact("api.example.com".into());
         assert!(exact.matches("API.example.com:8443"));
         assert!(!exact.matches("api.example.com.evil"));
+        assert!(exact.matches("api.example.com."));
+        assert!(exact.matches("Api.Example.Com.:443"));
+        assert!(!exact.matches("api.example.com.."));
         let suffix = HostMatch::Suffix(".example.com".into());
         assert!(suffix.matches("eu.example.com"));
         assert!(!suffix.matches("example.com"));
         assert!(!suffix.matches("eu.example.com.evil:80"));
+        assert!(suffix.matches("EU.example.com.:8080"));
+        assert!(!suffix.matches("example.com."));
         assert_eq!(strip_port("[::1]:8080"), "::1");
     }
 

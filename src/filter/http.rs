@@ -15,7 +15,7 @@ use crate::lightning::{
     NodeError, MAX_RESPONSE_BYTES,
 };
 use crate::metrics::Counter;
-use crate::policy::path_only;
+use crate::policy::{canonical_target, path_only};
 use crate::pricing::{parse_quote, price_request, Quote};
 use crate::response::{self, is_grpc, LocalResponse, Offer};
 use crate::store;
@@ -52,7 +52,7 @@ const FLEET_CAS_ATTEMPTS: u8 = 4;
 pub struct Http {
     shared: Rc<Shared>,
     waiting: Option<(Waiting, Duration)>,
-    /// The request's method and path, kept for the pricing endpoint.
+    /// The request's method and target (its path in canonical form), kept for the pricing endpoint.
     method: String,
     path: String,
 }
@@ -458,7 +458,7 @@ impl HttpContext for Http {
         let decision = decide(config, &mut shared.cache.borrow_mut(), &view);
         // Kept (moved, not copied) for a pricing call this request may still need.
         self.method = method;
-        self.path = path;
+        self.path = canonical_target(&path, config.paths.encoded_slashes).unwrap_or(path);
         match decision {
             Decision::Free => {
                 shared.count(Counter::Free);
@@ -483,6 +483,11 @@ impl HttpContext for Http {
                 Action::Pause
             }
             Decision::Challenge { service, refusal } => self.challenge(service.clone(), refusal),
+            Decision::AmbiguousPath(why) => {
+                shared.count(Counter::AmbiguousPath);
+                self.respond(&response::ambiguous_path(&why));
+                Action::Pause
+            }
         }
     }
 }
