@@ -111,6 +111,7 @@ def full() -> dict[str, Any]:
         "fleet": {"upstream": "etcd", "authority": "etcd.internal:2379", "tls": True, "timeout_ms": 300,
                   "prefix": "/gateways/l402/", "revocation_poll_s": 10},
         "on_store_error": "fail_open",
+        "paths": {"encoded_slashes": "allow"},
     }
 
 
@@ -147,6 +148,10 @@ HAND_WRITTEN: dict[str, Any] = {
                                     "routes": [{"match": {"path": "/f"}, "free": True, "dynamic_price": True},
                                                {"match": {}, "service": "llm", "dynamic_price": True,
                                                 "price_msat": 2500}]},
+    # One trailing dot is the same host name; the paths section's default written out.
+    "host-trailing-dot": {**minimal(), "paths": {"encoded_slashes": "reject"}, "routes": [
+        {"match": {"host": "api.example.com."}, "service": "a", "price_sat": 1},
+        {"match": {"host": "*.example.com."}, "service": "a", "price_sat": 1}]},
     "macaroon-only-with-strict": {**minimal(), "node": {**minimal()["node"], "strict": True, "macaroon_only": True}},
     "max-values": {**minimal(), "invoice": {"expiry_s": 4294967295, "memo": "m" * 639},
                    "routes": [{"match": {"path_glob": "/" + "/".join(["*"] * 31)}, "service": "s" * 64,
@@ -445,6 +450,8 @@ INVALID: list[tuple[str, Callable[[], dict[str, Any]], str, Any, str]] = [
     ("method-number", full, "routes.0.match.methods.0", 1, "routes[0].match.methods[0]"),
     ("host-underscore", full, "routes.1.match.host", "api_x.example.com", "routes[1].match.host"),
     ("host-empty", full, "routes.1.match.host", "", "routes[1].match.host"),
+    ("host-dot-only", full, "routes.1.match.host", ".", "routes[1].match.host"),
+    ("host-star-dot-dot", full, "routes.1.match.host", "*..", "routes[1].match.host"),
     ("host-star-star", full, "routes.2.match.host", "*.*.example.com", "routes[2].match.host"),
     ("free-route-bad-method", full, "routes.0.match.methods.0", "G ET", "routes[0].match.methods[0]"),
     ("free-string", full, "routes.0.free", "true", "routes[0].free"),
@@ -491,6 +498,13 @@ INVALID: list[tuple[str, Callable[[], dict[str, Any]], str, Any, str]] = [
     ("ipv4-over-u8", full, "client_network.ipv4_prefix", 256, "client_network.ipv4_prefix"),
     ("on-store-error-bad", full, "on_store_error", "fail_sideways", "on_store_error"),
     ("on-store-error-null", full, "on_store_error", None, "on_store_error"),
+    # paths
+    ("unknown-paths", full, "paths.merge_slashes", True, "paths.merge_slashes"),
+    ("encoded-slashes-decode", full, "paths.encoded_slashes", "decode", "paths.encoded_slashes"),
+    ("encoded-slashes-upper", full, "paths.encoded_slashes", "ALLOW", "paths.encoded_slashes"),
+    ("encoded-slashes-bool", full, "paths.encoded_slashes", True, "paths.encoded_slashes"),
+    ("paths-null", full, "paths", None, "paths"),
+    ("paths-as-array", full, "paths", ["allow"], "paths"),
     # pricing
     ("unknown-pricing", full, "pricing.colour", "red", "pricing.colour"),
     ("pricing-missing-path", full, "pricing.path", DELETE, "pricing"),
