@@ -50,6 +50,8 @@ counters! {
     NodeErrorStatus => "l402_node_errors_status",
     NodeBadResponse => "l402_node_errors_bad_response",
     GatewayErrors => "l402_gateway_errors",
+    ReservedHeader => "l402_refused_reserved_header",
+    UnadmittedResponses => "l402_unadmitted_responses_withheld",
 }
 
 /// Name of the callout latency histogram, in milliseconds.

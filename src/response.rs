@@ -126,6 +126,26 @@ pub fn ambiguous_path(why: &Ambiguity) -> LocalResponse {
     json_response(400, body, Vec::new(), (grpc::INVALID_ARGUMENT, "ambiguous path"))
 }
 
+/// 400 where the host cannot remove a request header (nginx): a client's copy of a header the
+/// filter sets for the upstream would pass as the filter's, so the request is refused.
+pub fn reserved_header(name: &str) -> LocalResponse {
+    let detail = format!("{name} is set by the gateway for the upstream and may not come from the client");
+    let body = json!({ "error": "bad_request", "reason": "reserved_header", "detail": detail });
+    json_response(400, body, Vec::new(), (grpc::INVALID_ARGUMENT, "reserved header"))
+}
+
+/// 500 for every request of a route whose filter configuration was refused (on a host that cannot
+/// refuse it at load); the gateway's error log names the field.
+pub fn misconfigured() -> LocalResponse {
+    let body = json!({ "error": "gateway_error", "reason": "invalid_configuration", "detail": "the paywall's configuration was refused; see the gateway's error log" });
+    json_response(500, body, Vec::new(), (grpc::INTERNAL, "invalid paywall configuration"))
+}
+
+/// The body that replaces an upstream answer to a request the filter never admitted.
+pub fn withheld_body() -> String {
+    json!({ "error": "gateway_error", "reason": "not_admitted", "detail": "the gateway resumed a request the paywall did not admit" }).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,32 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, GrpcStatusCode, LogLevel, MapType, MetricType, Status};
 use std::time::{Duration, UNIX_EPOCH};
 
+/// The proxy running the filter, as it reports itself: Kong's engine (nginx with ngx_wasm_module)
+/// answers `ngx.*` properties (nginx variables), Envoy knows none of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    Envoy,
+    /// nginx cannot remove a request header (its proxy module forwards a removed one), keeps only
+    /// the last of repeated headers in a local response, and hands over `:path` already decoded.
+    Nginx,
+}
+
+/// The request target as the client sent it, on nginx (`$request_uri`); `None` on Envoy, whose
+/// `:path` is that target already.
+pub fn nginx_request_uri() -> Option<String> {
+    let bytes = hostcalls::get_property(vec!["ngx", "request_uri"]).ok()??;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Which host runs the filter, asked outside any request (from `on_configure`): nginx refuses
+/// `ngx.*` properties there, Envoy does not know them.
+pub fn host_outside_request() -> Host {
+    match hostcalls::get_property(vec!["ngx", "request_uri"]) {
+        Ok(None) => Host::Envoy,
+        Ok(Some(_)) | Err(_) => Host::Nginx,
+    }
+}
+
 /// A request header as text; `Err` when it is present but not valid UTF-8.
 pub fn request_header(name: &str) -> Result<Option<String>, ()> {
     match hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name) {
@@ -94,6 +120,35 @@ pub fn send_grpc_response(grpc_status: u32, message: &str, headers: Vec<(&str, &
 
 pub fn remove_request_header(name: &str) {
     let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+}
+
+pub fn has_request_header(name: &str) -> bool {
+    matches!(hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name), Ok(Some(_)))
+}
+
+pub fn set_response_header(name: &str, value: Option<&str>) {
+    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
+}
+
+/// Replaces the response at hand's status and headers by `status` and a body of `content_type` and
+/// `content_length`. The framing headers are overwritten rather than removed: Kong 3.8's engine
+/// crashes its worker removing one of them.
+pub fn replace_response_headers(status: u32, content_type: &str, content_length: usize) {
+    const FRAMING: [&str; 5] = ["content-type", "content-length", "connection", "date", "server"];
+    let headers = hostcalls::get_map(MapType::HttpResponseHeaders).unwrap_or_default();
+    for (name, _) in &headers {
+        if !name.starts_with(':') && !FRAMING.iter().any(|kept| name.eq_ignore_ascii_case(kept)) {
+            let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, name);
+        }
+    }
+    set_response_header(":status", Some(&status.to_string()));
+    set_response_header("content-type", Some(content_type));
+    set_response_header("content-length", Some(&content_length.to_string()));
+}
+
+/// Replaces the response body chunk at hand.
+pub fn set_response_body(body: &[u8], chunk_size: usize) {
+    let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, chunk_size, body);
 }
 
 /// Sets a request header, replacing any value the client sent.

@@ -2,7 +2,7 @@
 //! configured) and handed to the upstream; an unpaid one gets a freebie, a rate-limit answer, or an
 //! invoice from the node and a 402.
 
-use super::host::{self, HostStore};
+use super::host::{self, Host, HostStore};
 use super::root::Shared;
 use crate::config::{Config, Endpoint, OnStoreError, PricingFallback, Service};
 use crate::fleet::{self, Seen, TxnOutcome};
@@ -21,6 +21,7 @@ use crate::response::{self, is_grpc, LocalResponse, Offer};
 use crate::store;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -55,6 +56,16 @@ pub struct Http {
     /// The request's method and target (its path in canonical form), kept for the pricing endpoint.
     method: String,
     path: String,
+    host: Host,
+    /// The filter let the request go on: only then may an upstream answer reach the client.
+    admitted: bool,
+    /// The filter answered the request itself.
+    responded: Cell<bool>,
+    /// The last callout failed before any answer came (nginx then loses a local response's body).
+    call_failed: bool,
+    /// An upstream answer to a request never admitted is being replaced, by this body.
+    replacing_body: bool,
+    withheld: Option<String>,
 }
 
 fn header(name: &str) -> Option<String> {
@@ -67,24 +78,73 @@ fn key(kind: &str, id: &[u8; 32]) -> String {
 
 impl Http {
     pub fn new(shared: Rc<Shared>) -> Http {
-        Http { shared, waiting: None, method: String::new(), path: String::new() }
-    }
-
-    fn respond(&self, response: &LocalResponse) {
-        if header("content-type").is_some_and(|t| is_grpc(&t)) {
-            let headers = response
-                .headers
-                .iter()
-                .filter(|(k, _)| *k != "content-type")
-                .map(|(k, v)| (*k, v.as_bytes()))
-                .collect();
-            host::send_grpc_response(response.grpc_status, response.grpc_message, headers);
-        } else {
-            let headers = response.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            host::send_response(response.status, headers, response.body.as_bytes());
+        Http {
+            shared,
+            waiting: None,
+            method: String::new(),
+            path: String::new(),
+            host: Host::Envoy,
+            admitted: false,
+            responded: Cell::new(false),
+            call_failed: false,
+            replacing_body: false,
+            withheld: None,
         }
     }
 
+    /// The host, asked on the first request of this worker; on nginx also the request target as sent.
+    fn learn_host(&mut self) -> Option<String> {
+        let target = match self.shared.host.get() {
+            Some(Host::Envoy) => return None,
+            Some(Host::Nginx) | None => host::nginx_request_uri(),
+        };
+        self.host = if target.is_some() { Host::Nginx } else { Host::Envoy };
+        self.shared.host.set(Some(self.host));
+        target
+    }
+
+    fn respond(&self, response: &LocalResponse) {
+        self.responded.set(true);
+        if self.host == Host::Nginx {
+            return self.respond_on_nginx(response);
+        }
+        respond_now(response);
+    }
+
+    /// nginx keeps only the last of repeated headers in a local response (and cannot add to
+    /// `WWW-Authenticate` later): repeated headers go out as one field value, a list as RFC 9110
+    /// allows. It also loses the body of a local response sent right after a failed call (the
+    /// call's request buffer is recycled into the response and then emptied with the call), so
+    /// that response goes out with its status and headers only.
+    fn respond_on_nginx(&self, response: &LocalResponse) {
+        let mut headers: Vec<(&'static str, String)> = Vec::with_capacity(response.headers.len());
+        for (name, value) in &response.headers {
+            match headers.iter_mut().find(|(seen, _)| seen == name) {
+                Some((_, joined)) => {
+                    joined.push_str(", ");
+                    joined.push_str(value);
+                }
+                None => headers.push((*name, value.clone())),
+            }
+        }
+        let body = if self.call_failed { String::new() } else { response.body.clone() };
+        respond_now(&LocalResponse { headers, body, ..response.clone() });
+    }
+}
+
+/// Sends a local response as it is.
+fn respond_now(response: &LocalResponse) {
+    if header("content-type").is_some_and(|t| is_grpc(&t)) {
+        let headers =
+            response.headers.iter().filter(|(k, _)| *k != "content-type").map(|(k, v)| (*k, v.as_bytes())).collect();
+        host::send_grpc_response(response.grpc_status, response.grpc_message, headers);
+    } else {
+        let headers = response.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        host::send_response(response.status, headers, response.body.as_bytes());
+    }
+}
+
+impl Http {
     /// The store that counts uses failed: 503, or uncounted passage under `fail_open`.
     fn store_failure(&mut self, error: &dyn std::fmt::Display, admission: Option<&Admission>) -> Action {
         self.shared.count(Counter::StoreErrors);
@@ -195,12 +255,9 @@ impl Http {
     fn hand_off(&self, admission: &Admission) {
         let headers = &self.shared.config.upstream_headers;
         if headers.strip_credential {
-            if admission.from_authorization {
-                host::remove_request_header("authorization");
-            } else {
-                host::remove_request_header("grpc-metadata-macaroon");
-                host::remove_request_header("macaroon");
-            }
+            let credential: &[&str] =
+                if admission.from_authorization { &["authorization"] } else { &["grpc-metadata-macaroon", "macaroon"] };
+            credential.iter().for_each(|name| self.remove_credential_header(name));
         }
         if let Some(name) = &headers.token_id {
             host::set_request_header(name, &hex_encode(&admission.identifier.token_id));
@@ -210,13 +267,30 @@ impl Http {
         }
         match (&headers.price_msat, admission.price_msat) {
             (Some(name), Some(price)) => host::set_request_header(name, &price.to_string()),
-            (Some(name), None) => host::remove_request_header(name),
+            (Some(name), None) => self.remove_client_copy(name),
             (None, _) => {}
         }
     }
 
+    /// nginx's proxy module forwards a removed request header all the same: there the credential
+    /// is blanked instead, and forwarded as an empty header.
+    fn remove_credential_header(&self, name: &str) {
+        match self.host {
+            Host::Envoy => host::remove_request_header(name),
+            Host::Nginx => host::set_request_header(name, ""),
+        }
+    }
+
+    /// Client copies of the metering headers never reach the upstream. nginx cannot remove them, so
+    /// there a request that carries one was refused before any decision (`reserved_header`).
+    fn remove_client_copy(&self, name: &str) {
+        if self.host == Host::Envoy {
+            host::remove_request_header(name);
+        }
+    }
+
     fn remove_metering_headers(&self) {
-        self.shared.config.upstream_headers.names().for_each(host::remove_request_header);
+        self.shared.config.upstream_headers.names().for_each(|name| self.remove_client_copy(name));
     }
 
     /// An unpaid request: a freebie if the route grants one, a 429 past the challenge limit,
@@ -384,6 +458,7 @@ impl Context for Http {
             host::record_metric(id, u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
         }
         let status = host::call_response_status();
+        self.call_failed = status.is_none();
         // One byte past the limit is enough for the parsers to refuse an oversized answer.
         let body = host::call_response_body(body_size.min(MAX_RESPONSE_BYTES.saturating_add(1)));
         let action = match waiting {
@@ -426,6 +501,7 @@ impl Context for Http {
         };
         // The request was paused for this call: let it go on if it was admitted.
         if let Action::Continue = action {
+            self.admitted = true;
             host::resume_request();
         }
     }
@@ -433,10 +509,50 @@ impl Context for Http {
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let action = self.gate_request();
+        if let Action::Continue = action {
+            self.admitted = true;
+        }
+        action
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if !self.admitted && !self.responded.get() {
+            // Never happens where the host calls the filter back on every callout; an engine that
+            // resumes a paused request by itself (Kong 3.4-3.8 when a call fails) must not leak the API.
+            self.shared.count(Counter::UnadmittedResponses);
+            host::log(LogLevel::Error, "the host resumed a request the filter did not admit: its answer is withheld");
+            let body = response::withheld_body();
+            host::replace_response_headers(503, "application/json", body.len());
+            self.withheld = Some(body);
+            self.replacing_body = true;
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        if self.replacing_body {
+            // The whole replacement goes into the first chunk; later ones are emptied.
+            host::set_response_body(self.withheld.take().unwrap_or_default().as_bytes(), body_size);
+        }
+        Action::Continue
+    }
+}
+
+impl Http {
+    fn gate_request(&mut self) -> Action {
         let shared = Rc::clone(&self.shared);
         let config = &shared.config;
+        let target = self.learn_host();
+        if self.host == Host::Nginx {
+            if let Some(name) = config.upstream_headers.names().find(|name| host::has_request_header(name)) {
+                shared.count(Counter::ReservedHeader);
+                self.respond(&response::reserved_header(name));
+                return Action::Pause;
+            }
+        }
         let method = header(":method").unwrap_or_default();
-        let path = header(":path").unwrap_or_default();
+        let path = target.unwrap_or_else(|| header(":path").unwrap_or_default());
         let authority = if config.matches_host { header(":authority").unwrap_or_default() } else { String::new() };
         // A non-UTF-8 credential is a malformed credential, never a missing one.
         let authorization = match host::request_header("authorization") {
@@ -489,5 +605,17 @@ impl HttpContext for Http {
                 Action::Pause
             }
         }
+    }
+}
+
+/// The request of a route whose configuration was refused, on a host that cannot refuse it.
+pub struct Misconfigured;
+
+impl Context for Misconfigured {}
+
+impl HttpContext for Misconfigured {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        respond_now(&response::misconfigured());
+        Action::Pause
     }
 }

@@ -1,8 +1,8 @@
 //! The root context: parses the configuration once per plugin load and hands each request the
 //! shared config and credential cache.
 
-use super::host;
-use super::http::Http;
+use super::host::{self, Host};
+use super::http::{Http, Misconfigured};
 use crate::config::Config;
 use crate::fleet;
 use crate::gate::VerifiedCache;
@@ -10,7 +10,7 @@ use crate::metrics::{Counter, Pending, CALLOUT_LATENCY_MS};
 use crate::pricing::QuoteCache;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel, MetricType};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::Duration;
@@ -31,6 +31,8 @@ pub struct Shared {
     pub quotes: RefCell<QuoteCache>,
     /// The callout latency histogram, if the host could define it.
     pub latency_metric: Option<u32>,
+    /// Learnt from the first request.
+    pub host: Cell<Option<Host>>,
 }
 
 impl Shared {
@@ -46,6 +48,8 @@ impl Shared {
 #[derive(Default)]
 pub struct Root {
     shared: Option<Rc<Shared>>,
+    /// The configuration was refused on a host that cannot refuse it: every request answers 500.
+    misconfigured: bool,
     /// Host metric ids, in the order of `Counter::ALL`.
     counter_ids: Vec<Option<u32>>,
     /// When the fleet's revocation list is next read (unix seconds), and whether a read is under way.
@@ -100,13 +104,17 @@ impl RootContext for Root {
                     counts: Pending::default(),
                     quotes: RefCell::new(QuoteCache::default()),
                     latency_metric: host::define_metric(MetricType::Histogram, CALLOUT_LATENCY_MS),
+                    host: Cell::new(None),
                 }));
                 host::set_tick_period(PUBLISH_PERIOD);
                 true
             }
             Err(error) => {
                 host::log(LogLevel::Error, &error.to_string());
-                false
+                // Envoy refuses the configuration, which keeps the previous one serving. nginx stops
+                // the worker and cannot start another: there every request of the route gets a 500.
+                self.misconfigured = host::host_outside_request() == Host::Nginx;
+                self.misconfigured
             }
         }
     }
@@ -122,8 +130,11 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let shared = self.shared.clone()?;
-        Some(Box::new(Http::new(shared)))
+        match self.shared.clone() {
+            Some(shared) => Some(Box::new(Http::new(shared))),
+            None if self.misconfigured => Some(Box::new(Misconfigured)),
+            None => None,
+        }
     }
 
     fn get_type(&self) -> Option<ContextType> {
