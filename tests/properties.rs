@@ -1,11 +1,19 @@
 //! Property tests: whatever a holder or an attacker changes in a token, verification refuses it;
-//! what we mint always verifies.
+//! what we mint always verifies. A request path is refused or every reading an upstream may make of
+//! it falls under one rule; plain paths are their own only reading.
 
+#[path = "../fuzz/common/mod.rs"]
+mod common;
+
+use l402::config::{Config, EncodedSlashes};
 use l402::l402::encoding::{base64_encode, hex_encode};
 use l402::l402::header::parse_authorization;
 use l402::l402::{mint, verify, Credential, Grant, Macaroon, Requirement, SecretRing, VerifyError};
+use l402::policy::{self, path};
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
+use std::sync::OnceLock;
 
 fn ring() -> SecretRing {
     SecretRing::new(vec![vec![0x5a; 32]]).unwrap()
@@ -105,5 +113,86 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
         let _ = Macaroon::decode(&bytes);
+    }
+}
+
+/// The fuzz target's gate config, as it is (encoded slashes refused) and with them allowed.
+fn gate_config(slashes: EncodedSlashes) -> &'static Config {
+    static CONFIGS: OnceLock<[Config; 2]> = OnceLock::new();
+    let [reject, allow] = CONFIGS.get_or_init(|| {
+        let mut allowing: serde_json::Value = serde_json::from_str(common::GATE_CONFIG).unwrap();
+        allowing["paths"] = serde_json::json!({ "encoded_slashes": "allow" });
+        [common::gate_config(), Config::parse(allowing.to_string().as_bytes(), &|_| None).unwrap()]
+    });
+    match slashes {
+        EncodedSlashes::Reject => reject,
+        EncodedSlashes::Allow => allow,
+    }
+}
+
+/// Paths made of route names and the pieces of traversal and encoding tricks.
+fn tricky_path() -> impl Strategy<Value = String> {
+    let piece = prop::sample::select(vec![
+        "/", "/", "/", "health", "v1", "v2", "v3", "exact", "admin", "forecast", "x", "abc", "..", ".", "%2e", "%2E",
+        "%2f", "%2F", "%5c", "%5C", "\\", "%25", "%252f", "%252e", "%25252e", ";", ";a=b", "%3b", "%76", "%31",
+        "%C3%A9", "\u{e9}", "*", "%3F", "%00", "%ff",
+    ]);
+    prop::collection::vec(piece, 0..10).prop_map(|pieces| format!("/{}", pieces.concat()))
+}
+
+/// Plain segments: unreserved characters, never `.` or `..`.
+fn plain_path() -> impl Strategy<Value = String> {
+    prop::collection::vec("[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,7}", 0..6)
+        .prop_map(|segments| format!("/{}", segments.join("/")))
+}
+
+fn encode_every_byte(text: &str) -> String {
+    text.bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn a_path_is_refused_or_every_reading_has_its_rule(
+        path in tricky_path(),
+        method in prop::sample::select(vec!["GET", "POST"]),
+        authority in prop::sample::select(vec!["a.example.com", "A.EXAMPLE.COM.:80", "admin.local", "h"]),
+        allow in any::<bool>(),
+    ) {
+        let slashes = if allow { EncodedSlashes::Allow } else { EncodedSlashes::Reject };
+        let config = gate_config(slashes);
+        let chosen = path::readings(&path, slashes).and_then(|r| policy::select(config, method, &r, authority));
+        let Ok(route) = chosen else { return Ok(()) };
+        let expected = common::model_route(method, &path, authority);
+        prop_assert_eq!(route.and_then(|r| config.routes.iter().position(|c| std::ptr::eq(c, r))), expected);
+        for reading in common::model_readings(&path) {
+            prop_assert!(!common::has_dot_segment(&reading), "{:?} passed, read as {:?}", path, reading);
+            prop_assert!(allow || !common::has_encoded_slash(&reading), "{:?} passed, read as {:?}", path, reading);
+            prop_assert_eq!(common::model_route(method, &reading, authority), expected, "{:?} read as {:?}", path, reading);
+        }
+    }
+
+    #[test]
+    fn a_plain_path_is_its_own_only_reading(path in plain_path()) {
+        let readings = path::readings(&path, EncodedSlashes::Reject).unwrap();
+        prop_assert_eq!(readings.all().collect::<Vec<_>>(), vec![path.as_str()]);
+        prop_assert!(matches!(readings.into_canonical(), Cow::Borrowed(_)));
+        // The decoding path agrees with the plain one: the same path, its characters encoded.
+        let encoded: String = path.split('/').map(encode_every_byte).collect::<Vec<_>>().join("/");
+        let decoded = path::readings(&encoded, EncodedSlashes::Reject).unwrap();
+        prop_assert_eq!(decoded.canonical(), path.as_str());
+    }
+
+    #[test]
+    fn decoding_an_encoded_path_gives_it_back(segments in prop::collection::vec("[^/\\\\]{1,6}", 1..5)) {
+        prop_assume!(segments.iter().all(|s| s != "." && s != ".."));
+        let encoded: Vec<String> = segments.iter().map(|s| encode_every_byte(s)).collect();
+        let encoded = format!("/{}", encoded.join("/"));
+        let readings = path::readings(&encoded, EncodedSlashes::Reject).unwrap();
+        // `%`, `?` and `#` stay encoded in the canonical form: decoded they would read as structure.
+        let expected: Vec<String> =
+            segments.iter().map(|s| s.replace('%', "%25").replace('?', "%3F").replace('#', "%23")).collect();
+        prop_assert_eq!(readings.canonical(), format!("/{}", expected.join("/")));
     }
 }

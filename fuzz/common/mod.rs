@@ -53,6 +53,7 @@ pub fn model_route(method: &str, path: &str, authority: &str) -> Option<usize> {
             _ => authority,
         }
     };
+    let host = host.strip_suffix('.').unwrap_or(host);
     let lower_host = host.to_ascii_lowercase();
     let segments: Vec<&str> = path.split('/').collect();
     let routes = [
@@ -73,6 +74,64 @@ pub fn model_route(method: &str, path: &str, authority: &str) -> Option<usize> {
         path.starts_with("/admin/") && lower_host == "admin.local",
     ];
     routes.iter().position(|&m| m)
+}
+
+/// Readings an upstream may make of a request path (without query), written independently of
+/// `policy::path`: the path as sent and decoded one to three times, each of them also with `\`
+/// as `/`, with empty segments merged, and with `;params` dropped from every segment.
+pub fn model_readings(path: &str) -> Vec<String> {
+    let mut rounds = vec![path.to_owned()];
+    for _ in 0..3 {
+        let last = rounds.last().expect("the path itself").clone();
+        rounds.push(percent_decode(&last));
+    }
+    let mut out = Vec::new();
+    for round in rounds {
+        let backslashed = round.replace('\\', "/");
+        let mut merged = backslashed.clone();
+        while merged.contains("//") {
+            merged = merged.replace("//", "/");
+        }
+        let stripped: Vec<String> = [&round, &merged]
+            .iter()
+            .map(|p| p.split('/').map(|s| s.split(';').next().unwrap_or("")).collect::<Vec<_>>().join("/"))
+            .collect();
+        out.extend([round, backslashed, merged]);
+        out.extend(stripped);
+    }
+    out
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1..i + 3)) {
+            // A decoded `?` or `#` would read as the query or fragment: it stays encoded, as data.
+            (b'%', Some(hex)) if hex.iter().all(u8::is_ascii_hexdigit) && !matches!(hex, b"3F" | b"3f" | b"23") => {
+                let hex = std::str::from_utf8(hex).expect("hex digits are ASCII");
+                out.push(u8::from_str_radix(hex, 16).expect("two hex digits"));
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A `.` or `..` segment.
+pub fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|s| s == "." || s == "..")
+}
+
+/// `%2F` or `%5C` in any case, or a backslash.
+pub fn has_encoded_slash(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    lower.contains("%2f") || lower.contains("%5c") || path.contains('\\')
 }
 
 /// `*` matches any run of bytes (the textbook recursive matcher).

@@ -25,8 +25,11 @@ fuzz_target!(|data: &[u8]| {
         ("POST", "/v1/x/y/forecast?y=1", "a.example.com:8443"),
         ("get", "/health#f", "[::1]:80"),
         ("DELETE", "", ""),
+        ("GET", "/health/..%2F;x/v1%252f", "API.example.com.:80"),
     ] {
-        let _ = policy::select(&config, method, policy::path_only(path), authority);
+        if let Ok(readings) = policy::path::readings(policy::path_only(path), config.paths.encoded_slashes) {
+            let _ = policy::select(&config, method, &readings, authority);
+        }
     }
     for route in &config.routes {
         if let Access::Paid(service) = &route.access {

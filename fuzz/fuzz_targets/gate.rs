@@ -1,7 +1,10 @@
 //! Requests through the gate (format: `common::parse_gate_input`), sharing one small verified-token
 //! cache. Never panics, and the decision agrees with an independent model of the config's routes
 //! and with `verify`: a request is Paid exactly when `verify` accepts the credential the gate reads
-//! for its route, and a Paid token also satisfies an independent model of the caveat rules.
+//! for its route (unless a path caveat excludes another reading of the path), and a Paid token also
+//! satisfies an independent model of the caveat rules. A path is refused as ambiguous, or else every
+//! reading of it an independent model makes (decoded up to three times, `\` as `/`, slashes merged,
+//! `;params` dropped) falls under the rule chosen for it and has no dot segment or encoded slash.
 #![no_main]
 
 #[path = "../common/mod.rs"]
@@ -10,7 +13,7 @@ mod common;
 use l402::config::{Access, Config};
 use l402::gate::{decide, Decision, Refusal, RequestView, VerifiedCache};
 use l402::l402::header::{is_l402_authorization, parse_authorization, parse_macaroon_header};
-use l402::l402::{verify, Requirement};
+use l402::l402::{verify, Requirement, VerifyError};
 use l402::policy;
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
@@ -34,9 +37,22 @@ fuzz_target!(|data: &[u8]| {
         assert!(cache.len() <= 2, "cache grew past its capacity");
 
         let path = policy::path_only(view.path);
-        let route = policy::select(config, view.method, path, view.authority);
-        let index = route.and_then(|r| config.routes.iter().position(|c| std::ptr::eq(c, r)));
         let expected = common::model_route(view.method, view.path, view.authority);
+        if let Decision::AmbiguousPath(_) = decision {
+            let readable_twice = path.contains(['%', '\\', ';']) || path.contains("//") || common::has_dot_segment(path);
+            assert!(readable_twice, "{path:?} refused, but it has one reading");
+            continue;
+        }
+        // The rule chosen for the path as sent is the rule of every reading an upstream may make.
+        for reading in common::model_readings(path) {
+            assert!(!common::has_dot_segment(&reading), "{path:?} passed, read as {reading:?}");
+            assert!(!common::has_encoded_slash(&reading), "{path:?} passed, read as {reading:?}");
+            let rule = common::model_route(view.method, &reading, view.authority);
+            assert_eq!(rule, expected, "{path:?} passed under {expected:?}, read as {reading:?} under {rule:?}");
+        }
+        let readings = policy::path::readings(path, config.paths.encoded_slashes).expect("a path that passed");
+        let route = policy::select(config, view.method, &readings, view.authority).expect("a path that passed");
+        let index = route.and_then(|r| config.routes.iter().position(|c| std::ptr::eq(c, r)));
         assert_eq!(index, expected, "route for {} {:?} on {:?}", view.method, view.path, view.authority);
 
         let service = match route.map(|r| &r.access) {
@@ -62,7 +78,7 @@ fuzz_target!(|data: &[u8]| {
             capabilities: &service.capabilities,
             now: view.now,
             method: view.method,
-            path,
+            path: readings.canonical(),
         };
         let verified = parsed.map(|p| p.and_then(|credential| verify(&config.secrets, credential, &need)));
         match (&decision, &verified) {
@@ -87,9 +103,12 @@ fuzz_target!(|data: &[u8]| {
             (Decision::Challenge { service: challenged, refusal }, _) => {
                 assert_eq!(*challenged, service);
                 match &verified {
-                    Some(Ok(_)) => panic!(
+                    // Path caveats hold for the canonical reading but not for another one.
+                    Some(Ok(_)) => assert!(
+                        *refusal == Some(Refusal::Token(VerifyError::Restricted)) && readings.decoded().count() > 1,
                         "verify accepts {:?} / {:?}, but the gate refused: {refusal:?}",
-                        view.authorization, view.macaroon
+                        view.authorization,
+                        view.macaroon
                     ),
                     Some(Err(e)) => {
                         assert_eq!(*refusal, Some(Refusal::Token(e.clone())), "refusal differs from verify's")

@@ -71,6 +71,7 @@ fn main() {
         ("restricted", "GET\n/v2/eu/forecast/today?d=1\nmaps.example.com\n0\n!geo|||geo_path_prefix=/v2/;geo_methods=GET,HEAD;geo_path_prefix=/v2/eu|\n\nhead\n/v2/us/forecast\nX.EXAMPLE.COM:1\n0\n!geo|||geo_path_prefix=/v2/eu;geo_methods=get|u\n\nPOST\n/v2/eu/forecast\na.example.com\n0\n!geo|||geo_methods=GET|".to_owned()),
         ("globs", "GET\n/v3/aXbYc/x\nh\n0\n\nGET\n/v3/abc/x\nh\n0\n\nGET\n/v3/acb/x\nh\n0\n\nGET\n/v2//forecast\n.example.com\n0\n\nGET\n/v2/a/forecast\n[b.example.com]:80\n0".to_owned()),
         ("refusals", "GET\n/v1/x\nh\n0\n!weather||||w\n\nGET\n/v1/x\nh\n0\n!weather||||x\n\nGET\n/v1/x\nh\n0\nBearer abc\n!weather||||\n\nGET\n/health\nh\n0\n\nPUT\n/nowhere\nh\n0".to_owned()),
+        ("paths", "GET\n/health/..%2fv1/forecast\nh\n0\n!weather||||\n\nGET\n/v1/caf%C3%A9\nh\n0\n!weather||||\n\nGET\n//v1/x\nh\n0\n\nGET\n/v1;a/exact\nh\n0\n\nGET\n/v2/a;b/forecast/x\nA.example.com.:8\n0\n!geo|||geo_path_prefix=/v2/a;|\n\nGET\n/%76%31/exact\nh\n0\n!weather||||".to_owned()),
         ("cache", "GET\n/v1/a\nh\n1\n!weather||||\n\nGET\n/v1/b\nh\n2\n!weather||||\n\nGET\n/admin/x\nadmin.local\n3\n!weather||||\n\nGET\n/v1/c\nh\n4\n!admin||||\n\nGET\n/v1/d\nh\n5\n!weather||||".to_owned()),
     ];
     for (name, text) in gate {
