@@ -2,7 +2,7 @@
 //! and check a filter configuration before deploying it. Secrets are read from a file or an
 //! environment variable, never from the command line, where other users could see them.
 
-use l402::config::{parse_secret_list, Config};
+use l402::config::{parse_secret_list, Config, ConfigError};
 use l402::l402::encoding::{base64_encode, hex_decode, hex_decode_array, hex_encode};
 use l402::l402::header::{is_l402_authorization, parse_authorization, parse_macaroon_header};
 use l402::l402::{mint, verify, Credential, Grant, Identifier, Macaroon, Requirement, SecretRing, VerifyError};
@@ -21,8 +21,9 @@ const USAGE: &str = "usage:
   l402 token verify --service NAME [--capability CAP]... [--now UNIX] [--method M] [--path P] [SECRET] [--json]
       Reads the credential (`L402 <macaroon>:<preimage>`, or a hex macaroon with a preimage
       caveat) from standard input. Exit status 0 when valid, 1 when refused.
-  l402 config check FILE [--json]
+  l402 config check FILE [--kong-conf KONG_CONF] [--json]
       Validates a filter configuration; {\"env\": NAME} sources are read from this environment.
+      With --kong-conf, also checks that Kong's configuration gives the filter what it needs.
 
 SECRET: --secret-file PATH | --secret-env VAR (default: --secret-env L402_SECRETS); the value is one
 or more hex secrets separated by commas or whitespace, the first mints and all verify.";
@@ -261,11 +262,42 @@ fn token_verify(args: &Args) -> Result<ExitCode, String> {
     Ok(code)
 }
 
+/// The default shared-memory zone, as Kong 3.7+ makes it from kong.conf.
+const KONG_SHM_PROPERTY: &str = "nginx_wasm_shm_kv";
+
+/// Kong's engine traps the module on every shared-data call when it has no default zone, which the
+/// module cannot detect without trapping: the operator's check finds it in kong.conf instead.
+fn kong_conf_check(config: &Config, kong_conf: &str) -> Result<(), ConfigError> {
+    let fields = config.shared_data_fields();
+    let has_zone = kong_conf.lines().any(|line| {
+        let line = line.trim();
+        line.strip_prefix(KONG_SHM_PROPERTY)
+            .is_some_and(|rest| rest.trim_start().strip_prefix('=').is_some_and(|size| !size.trim().is_empty()))
+    });
+    match fields.first() {
+        Some(field) if !has_zone => Err(ConfigError {
+            field: field.clone(),
+            message: format!(
+                "{} keep state in proxy-wasm shared data, which needs Kong's default zone: set {KONG_SHM_PROPERTY} = 16m in kong.conf (Kong 3.7+)",
+                fields.join(", ")
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn config_check(args: &Args) -> Result<ExitCode, String> {
-    args.only(&[])?;
+    args.only(&["kong-conf"])?;
     let path = args.positional.first().ok_or("config check needs a FILE")?;
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    let outcome = Config::parse(&bytes, &|name| std::env::var(name).ok());
+    let kong_conf = match args.one("kong-conf") {
+        Some(conf) => Some(std::fs::read_to_string(conf).map_err(|e| format!("cannot read {conf}: {e}"))?),
+        None => None,
+    };
+    let outcome = Config::parse(&bytes, &|name| std::env::var(name).ok()).and_then(|config| {
+        kong_conf.map_or(Ok(()), |conf| kong_conf_check(&config, &conf))?;
+        Ok(config)
+    });
     let (code, out) = match &outcome {
         Ok(config) => (ExitCode::SUCCESS, json!({ "valid": true, "routes": config.routes.len() })),
         Err(e) => (ExitCode::from(REFUSED), json!({ "valid": false, "field": e.field, "message": e.message })),

@@ -423,6 +423,28 @@ impl Config {
     pub fn memo_for(&self, service: &str) -> String {
         self.memo.replace("{service}", service)
     }
+
+    /// The settings that keep state in the host's shared data, by field: they need its default
+    /// key-value zone (Kong: `nginx_wasm_shm_kv`). Use counts move to the fleet store with `fleet`.
+    pub fn shared_data_fields(&self) -> Vec<String> {
+        let mut fields = Vec::new();
+        if self.node.strict {
+            fields.push("node.strict".to_owned());
+        }
+        if self.challenge_limit.is_some() {
+            fields.push("challenge_limit".to_owned());
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let Access::Paid(service) = &route.access else { continue };
+            if service.uses.is_some() && self.fleet.is_none() {
+                fields.push(format!("routes[{i}].uses"));
+            }
+            if service.freebies.is_some() {
+                fields.push(format!("routes[{i}].freebies"));
+            }
+        }
+        fields
+    }
 }
 
 /// Where the configuration has lists; anywhere else a list is refused, because serde would read an
@@ -640,6 +662,20 @@ mod tests {
 
     fn error_field(v: &Value) -> String {
         parse(v).err().map(|e| e.field).unwrap_or_else(|| "<accepted>".into())
+    }
+
+    #[test]
+    fn names_the_settings_that_need_shared_data() {
+        assert!(parse(&base()).unwrap().shared_data_fields().is_empty());
+        let mut v = base();
+        v["node"]["strict"] = json!(true);
+        v["challenge_limit"] = json!({ "burst": 5, "per_minute": 10 });
+        v["routes"][1]["uses"] = json!(1);
+        v["routes"][1]["freebies"] = json!({ "requests": 3, "period_s": 60 });
+        let fields = parse(&v).unwrap().shared_data_fields();
+        assert_eq!(fields, ["node.strict", "challenge_limit", "routes[1].uses", "routes[1].freebies"]);
+        v["fleet"] = json!({ "upstream": "etcd", "authority": "etcd:2379" });
+        assert!(!parse(&v).unwrap().shared_data_fields().contains(&"routes[1].uses".to_owned()));
     }
 
     #[test]

@@ -99,7 +99,15 @@ impl Http {
             Some(Host::Nginx) | None => host::nginx_request_uri(),
         };
         self.host = if target.is_some() { Host::Nginx } else { Host::Envoy };
-        self.shared.host.set(Some(self.host));
+        if self.shared.host.replace(Some(self.host)).is_none() && self.host == Host::Nginx {
+            // Without a default zone every shared-data call traps the module, which it cannot
+            // detect beforehand: the hint stands in the log before the first trap.
+            let fields = self.shared.config.shared_data_fields();
+            if !fields.is_empty() {
+                let message = format!("{} keep state in shared data: the default key-value zone must exist (Kong: nginx_wasm_shm_kv = 16m)", fields.join(", "));
+                host::log(LogLevel::Info, &message);
+            }
+        }
         target
     }
 

@@ -713,3 +713,28 @@ def test_kong_conf():
     known = {"wasm", "wasm_filters_path", "database", "declarative_config"}
     for key in settings:
         assert key in known or key.startswith("nginx_wasm_"), key
+
+
+def test_config_check_finds_a_missing_shared_memory_zone(tmp_path):
+    """Kong's engine traps the module on every shared-data call without a default zone, and the
+    module cannot tell beforehand: `l402 config check --kong-conf` names the property instead."""
+    cfg = mutate(minimal("lnd"), "routes.0.uses", 1)
+    conf = (ROOT / "kong" / "kong.conf").read_text()
+    without = tmp_path / "without.conf"
+    without.write_text("\n".join(line for line in conf.splitlines() if not line.startswith("nginx_wasm_shm_kv")))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(cfg))
+
+    def check(kong_conf: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([str(CLI), "config", "check", str(config), "--kong-conf", str(kong_conf), "--json"],
+                              capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **ENV}, timeout=30)
+
+    parser(cfg, tmp_path)  # builds the CLI
+    assert check(ROOT / "kong" / "kong.conf").returncode == 0
+    refused = check(without)
+    assert refused.returncode == 1, refused.stdout
+    out = json.loads(refused.stdout)
+    assert out["field"] == "routes[0].uses" and "nginx_wasm_shm_kv = 16m" in out["message"]
+    # Without anything kept in shared data, no zone is needed.
+    config.write_text(json.dumps(minimal("lnd")))
+    assert check(without).returncode == 0
