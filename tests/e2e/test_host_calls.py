@@ -1,0 +1,84 @@
+"""The host calls l402.wasm makes per request, by outcome: each is a budget, so a change that adds a
+call to the paid path fails here and not only in the bench (BENCHMARKS.md has what each costs).
+
+The module runs in tests/e2e/wasm_host.py, a proxy-wasm host on Wasmtime that records every call.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import pytest
+
+from attacks import credential, py_mint
+from wasm_host import Host
+
+SECRET = secrets.token_hex(32)
+CONFIG = {
+    "secrets": [SECRET],
+    "node": {"kind": "lnd", "upstream": "lnd", "authority": "lnd:8080", "credential": "0201036c6e64"},
+    "routes": [
+        {"match": {"path_prefix": "/health"}, "free": True},
+        {"match": {"path_prefix": "/v1/"}, "service": "weather", "price_sat": 10, "lifetime_s": 3600},
+    ],
+}
+BASE = [(":method", "GET"), (":authority", "api.example.com"), ("user-agent", "test")]
+
+READ, REMOVE, SET, TIME = ("proxy_get_header_map_value", "proxy_remove_header_map_value",
+                           "proxy_replace_header_map_value", "proxy_get_current_time_nanoseconds")
+# The paid path with the default hand-off: the gate reads the method, the path and the credential and
+# the clock; the hand-off removes the credential and sets the token id, service and price.
+PAID = [READ] * 3 + [TIME] + [REMOVE] + [SET] * 3
+# A free route: the same reads, the gRPC credential headers looked for too, and the client's copies
+# of the three metering headers removed.
+FREE = [READ] * 5 + [TIME] + [REMOVE] * 3
+# A challenge: the reads, randomness for the token id, the callout, and the clock again for its latency.
+CHALLENGE = [READ] * 5 + [TIME, "random_get", "proxy_http_call", TIME]
+
+
+def paid_credential() -> str:
+    preimage = secrets.token_bytes(32)
+    mac, _ = py_mint(SECRET, ["services=weather:0"], preimage=preimage)
+    return credential(mac, preimage)
+
+
+@pytest.fixture
+def host(wasm):
+    h = Host(str(wasm), json.dumps(CONFIG))
+    assert h.configured
+    h.request(BASE + [(":path", "/health")])  # the first request of a worker also learns the host
+    return h
+
+
+def test_paid_request(host):
+    auth = paid_credential()
+    request, calls = host.request(BASE + [(":path", "/v1/forecast"), ("authorization", auth)])
+    assert request.continued and request.response is None and not request.callouts
+    assert calls == PAID, calls
+    sent = dict(request.headers)
+    assert "authorization" not in sent and sent["x-l402-service"] == "weather"
+    # A second use of the same credential (the verified-credential cache) costs the same calls.
+    _, again = host.request(BASE + [(":path", "/v1/forecast"), ("authorization", auth)])
+    assert again == PAID, again
+
+
+def test_free_request(host):
+    request, calls = host.request(BASE + [(":path", "/health"), ("x-l402-service", "spoofed")])
+    assert request.continued
+    assert calls == FREE, calls
+    assert "x-l402-service" not in dict(request.headers)
+
+
+def test_challenge(host):
+    request, calls = host.request(BASE + [(":path", "/v1/forecast")])
+    assert not request.continued and len(request.callouts) == 1
+    assert calls == CHALLENGE, calls
+
+
+def test_the_first_request_of_a_worker_learns_the_host(wasm):
+    h = Host(str(wasm), json.dumps(CONFIG))
+    _, calls = h.request(BASE + [(":path", "/health")])
+    assert calls.count("proxy_get_property") == 1
+    _, calls = h.request(BASE + [(":path", "/health")])
+    assert "proxy_get_property" not in calls
