@@ -92,6 +92,11 @@ ensure_etcd() {
     have etcd || apt_install etcd-server
 }
 
+# nginx: the decoding upstream of the path-confusion tests (Debian's nginx, its default decoding).
+ensure_nginx() {
+    have nginx || [[ -x /usr/sbin/nginx ]] || apt_install nginx
+}
+
 # --- build and run ----------------------------------------------------------------------------
 
 # wasm-opt (Debian's binaryen) shrinks the module by about a tenth; without it (no root to install
@@ -177,6 +182,7 @@ cmd_setup() {
     timed ensure_lnbits
     timed ensure_node_clients
     timed ensure_etcd
+    timed ensure_nginx
 }
 
 cmd_test() {

@@ -191,13 +191,14 @@ def flip(raw: bytes, byte: int, bit: int) -> bytes:
 
 
 def raw_request(port: int, method: str, path: str, headers: list[tuple[bytes | str, bytes | str]],
-                timeout: float = 10.0) -> tuple[int, list[tuple[str, str]], bytes]:
-    """One HTTP/1.1 request written byte for byte (repeated headers, any bytes in a value);
-    returns (status, headers, body). Status 0 means Envoy closed the connection without answering."""
+                timeout: float = 10.0, host: str = "127.0.0.1") -> tuple[int, list[tuple[str, str]], bytes]:
+    """One HTTP/1.1 request written byte for byte (repeated headers, any bytes in a value or the
+    path); returns (status, headers, body). Status 0 means Envoy closed the connection without
+    answering."""
     def enc(x: bytes | str) -> bytes:
         return x if isinstance(x, bytes) else x.encode("latin-1")
 
-    lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1", b"Connection: close"]
+    lines = [f"{method} {path} HTTP/1.1".encode(), f"Host: {host}".encode(), b"Connection: close"]
     lines += [enc(k) + b": " + enc(v) for k, v in headers]
     data = b"\r\n".join(lines) + b"\r\n\r\n"
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
@@ -239,11 +240,13 @@ CAPABILITIES = {"/admin/": ("admin",)}
 
 class Gateway:
     """The LND simulator (TLS) and a real Envoy running envoy/lnd-tls.yaml with ``routes`` (and
-    optional plugin/Envoy settings) in front of ``upstream``."""
+    optional plugin/Envoy settings: ``plugin`` adds top-level fields to the plugin config,
+    ``template_edit`` rewrites the Envoy config) in front of ``upstream``."""
 
     def __init__(self, upstream_port: int, *, routes: list[dict[str, Any]] | None = None,
                  stats_flush_interval: str | None = None, timeout_ms: int | None = None,
-                 concurrency: int = 1, envoy_log_level: str = "warn"):
+                 concurrency: int = 1, envoy_log_level: str = "warn", plugin: Mapping[str, Any] | None = None,
+                 template_edit: Callable[[str], str] | None = None):
         self.tmp = _tmpdir("lndsim-gw-")
         self.sim: Sim = start_sim("lnd", self.tmp, credential=new_credential("lnd"))
         self.secret = new_secret()
@@ -253,7 +256,10 @@ class Gateway:
         cfg["routes"] = routes if routes is not None else ROUTES
         if timeout_ms is not None:
             cfg["node"]["timeout_ms"] = timeout_ms
+        cfg.update(plugin or {})
         template = with_plugin_config(template, cfg)
+        if template_edit:
+            template = template_edit(template)
         if stats_flush_interval:
             template = f"stats_flush_interval: {stats_flush_interval}\n" + template
         self.listen_port = vars["LISTEN_PORT"]
