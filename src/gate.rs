@@ -7,7 +7,8 @@ use crate::l402::header::{is_l402_authorization, parse_authorization, parse_maca
 use crate::l402::{
     authenticate, authenticate_without_preimage, Identifier, Requirement, SecretRing, Token, VerifyError,
 };
-use crate::policy::{self, path::Ambiguity};
+use crate::policy;
+use crate::policy::path::{Ambiguity, Readings};
 use core::fmt;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -179,33 +180,75 @@ fn authorization_form(config: &Config, header: &str) -> Form {
     }
 }
 
-pub fn decide<'c>(config: &'c Config, cache: &mut VerifiedCache, request: &RequestView<'_>) -> Decision<'c> {
-    let readings = match policy::path::readings(policy::path_only(request.path), config.paths.encoded_slashes) {
+/// Where a request stands before any credential is read: most of them are decided by the path and
+/// the route alone, so the credential headers and the clock are read only for a paid route.
+pub enum Routing<'c, 'p> {
+    Decided(Decision<'c>),
+    Paid(PaidRoute<'c, 'p>),
+}
+
+/// A request on a paid route, with the readings of its path.
+pub struct PaidRoute<'c, 'p> {
+    pub service: &'c Service,
+    readings: Readings<'p>,
+}
+
+impl PaidRoute<'_, '_> {
+    /// The path a decoding upstream serves: prices are quoted and tokens minted for it.
+    pub fn canonical_path(&self) -> &str {
+        self.readings.canonical()
+    }
+}
+
+/// The credential headers and the clock, as the paid route needs them.
+#[derive(Debug, Clone, Copy)]
+pub struct Presented<'a> {
+    pub authorization: Option<&'a str>,
+    /// `Grpc-Metadata-macaroon` or `Macaroon`, read only when there is no `Authorization`.
+    pub macaroon: Option<&'a str>,
+    /// Unix seconds.
+    pub now: u64,
+}
+
+pub fn route<'c, 'p>(config: &'c Config, method: &str, path: &'p str, authority: &str) -> Routing<'c, 'p> {
+    let readings = match policy::path::readings(policy::path_only(path), config.paths.encoded_slashes) {
         Ok(readings) => readings,
-        Err(why) => return Decision::AmbiguousPath(why),
+        Err(why) => return Routing::Decided(Decision::AmbiguousPath(why)),
     };
-    let route = match policy::select(config, request.method, &readings, request.authority) {
+    let route = match policy::select(config, method, &readings, authority) {
         Ok(Some(route)) => route,
         Ok(None) => {
-            return match config.unmatched {
+            return Routing::Decided(match config.unmatched {
                 Unmatched::Free => Decision::Free,
                 Unmatched::Deny => Decision::NoRoute,
-            }
+            })
         }
-        Err(why) => return Decision::AmbiguousPath(why),
+        Err(why) => return Routing::Decided(Decision::AmbiguousPath(why)),
     };
-    let service = match &route.access {
-        Access::Free => return Decision::Free,
-        Access::Paid(service) => service,
-    };
+    match &route.access {
+        Access::Free => Routing::Decided(Decision::Free),
+        Access::Paid(service) => Routing::Paid(PaidRoute { service, readings }),
+    }
+}
+
+/// The decision on a paid route from the credential presented.
+pub fn decide_paid<'c>(
+    config: &'c Config,
+    cache: &mut VerifiedCache,
+    route: &PaidRoute<'c, '_>,
+    method: &str,
+    presented: &Presented<'_>,
+) -> Decision<'c> {
+    let PaidRoute { service, readings } = route;
+    let service = *service;
     let need = Requirement {
         service: &service.name,
         capabilities: &service.capabilities,
-        now: request.now,
-        method: request.method,
+        now: presented.now,
+        method,
         path: readings.canonical(),
     };
-    let verified = match (request.authorization, request.macaroon) {
+    let verified = match (presented.authorization, presented.macaroon) {
         (Some(header), _) if is_l402_authorization(header) => {
             cache.authenticate(config, header, authorization_form(config, header))
         }
@@ -231,6 +274,18 @@ pub fn decide<'c>(config: &'c Config, cache: &mut VerifiedCache, request: &Reque
         service.price_msat
     };
     Decision::Paid { identifier: token.identifier, preimage_proven: token.preimage_proven, service, price_msat }
+}
+
+/// [`route`] and [`decide_paid`] in one, for a request whose headers are all at hand.
+pub fn decide<'c>(config: &'c Config, cache: &mut VerifiedCache, request: &RequestView<'_>) -> Decision<'c> {
+    match route(config, request.method, request.path, request.authority) {
+        Routing::Decided(decision) => decision,
+        Routing::Paid(paid) => {
+            let presented =
+                Presented { authorization: request.authorization, macaroon: request.macaroon, now: request.now };
+            decide_paid(config, cache, &paid, request.method, &presented)
+        }
+    }
 }
 
 #[cfg(test)]

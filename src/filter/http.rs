@@ -6,7 +6,7 @@ use super::host::{self, Host, HostStore};
 use super::root::Shared;
 use crate::config::{Config, Endpoint, OnStoreError, PricingFallback, Service};
 use crate::fleet::{self, Seen, TxnOutcome};
-use crate::gate::{decide, Decision, Refusal, RequestView};
+use crate::gate::{self, Decision, Presented, Refusal, Routing};
 use crate::l402::caveats::{METHODS_SUFFIX, PATH_PREFIX_SUFFIX, PATH_SUFFIX, PRICE_SUFFIX};
 use crate::l402::encoding::{base64_encode, hex_encode};
 use crate::l402::{mint, Grant, Identifier};
@@ -562,24 +562,28 @@ impl Http {
         let method = header(":method").unwrap_or_default();
         let path = target.unwrap_or_else(|| header(":path").unwrap_or_default());
         let authority = if config.matches_host { header(":authority").unwrap_or_default() } else { String::new() };
-        // A non-UTF-8 credential is a malformed credential, never a missing one.
-        let authorization = match host::request_header("authorization") {
-            Ok(value) => value,
-            Err(()) => Some(String::from("L402 \u{fffd}")),
+        let mut from_authorization = false;
+        let decision = match gate::route(config, &method, &path, &authority) {
+            Routing::Decided(decision) => decision,
+            Routing::Paid(paid) => {
+                // A non-UTF-8 credential is a malformed credential, never a missing one.
+                let authorization = match host::request_header("authorization") {
+                    Ok(value) => value,
+                    Err(()) => Some(String::from("L402 \u{fffd}")),
+                };
+                let macaroon = match authorization {
+                    Some(_) => None,
+                    None => header("grpc-metadata-macaroon").or_else(|| header("macaroon")),
+                };
+                from_authorization = authorization.is_some();
+                let presented = Presented {
+                    authorization: authorization.as_deref(),
+                    macaroon: macaroon.as_deref(),
+                    now: host::now_unix(),
+                };
+                gate::decide_paid(config, &mut shared.cache.borrow_mut(), &paid, &method, &presented)
+            }
         };
-        let macaroon = match authorization {
-            Some(_) => None,
-            None => header("grpc-metadata-macaroon").or_else(|| header("macaroon")),
-        };
-        let view = RequestView {
-            method: &method,
-            path: &path,
-            authority: &authority,
-            authorization: authorization.as_deref(),
-            macaroon: macaroon.as_deref(),
-            now: host::now_unix(),
-        };
-        let decision = decide(config, &mut shared.cache.borrow_mut(), &view);
         // Kept (moved, not copied) for a pricing call this request may still need.
         self.method = method;
         self.path = canonical_target(&path, config.paths.encoded_slashes).unwrap_or(path);
@@ -593,12 +597,7 @@ impl Http {
                 self.challenge(service.clone(), Some(Refusal::Revoked))
             }
             Decision::Paid { identifier, preimage_proven, service, price_msat } => {
-                let admission = Admission {
-                    identifier,
-                    service: service.clone(),
-                    price_msat,
-                    from_authorization: authorization.is_some(),
-                };
+                let admission = Admission { identifier, service: service.clone(), price_msat, from_authorization };
                 self.admit(admission, preimage_proven)
             }
             Decision::NoRoute => {

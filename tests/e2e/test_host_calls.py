@@ -30,9 +30,9 @@ READ, REMOVE, SET, TIME = ("proxy_get_header_map_value", "proxy_remove_header_ma
 # The paid path with the default hand-off: the gate reads the method, the path and the credential and
 # the clock; the hand-off removes the credential and sets the token id, service and price.
 PAID = [READ] * 3 + [TIME] + [REMOVE] + [SET] * 3
-# A free route: the same reads, the gRPC credential headers looked for too, and the client's copies
-# of the three metering headers removed.
-FREE = [READ] * 5 + [TIME] + [REMOVE] * 3
+# A free route: the method and the path (the credential and the clock are read only on a paid
+# route), and the client's copies of the three metering headers removed.
+FREE = [READ] * 2 + [REMOVE] * 3
 # A challenge: the reads, randomness for the token id, the callout, and the clock again for its latency.
 CHALLENGE = [READ] * 5 + [TIME, "random_get", "proxy_http_call", TIME]
 
