@@ -690,7 +690,7 @@ def test_kong_docs_state_versions_and_host_facts():
     assert "9136e463" in rows["3.9.0–3.9.3"] and "26.0.0" in rows["3.9.0–3.9.3"] and "**supported**" in rows["3.9.0–3.9.3"]
     assert "**supported**" in rows["Enterprise 3.10"]
     for v in ("3.4", "3.5, 3.6", "3.7, 3.8"):
-        assert "**unsupported**" in rows[v] and "instead of a 503" in rows[v], v
+        assert "**unsupported**" in rows[v] and "receives the unpaid request" in rows[v], v
     assert "removed" in doc and "in front of Kong" in doc and "behind Kong" in doc
     assert "`nginx_wasm_shm_kv = 16m`" in doc and "host name" in doc and "only as a JSON *string*" in doc
 
