@@ -203,16 +203,15 @@ def raw_request(port: int, method: str, path: str, headers: list[tuple[bytes | s
     data = b"\r\n".join(lines) + b"\r\n\r\n"
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(data)
-        chunks = []
-        while True:
+        resp = b""
+        while not _complete(resp):
             try:
                 c = s.recv(65536)
             except ConnectionResetError:
                 break
             if not c:
                 break
-            chunks.append(c)
-    resp = b"".join(chunks)
+            resp += c
     if not resp:
         return 0, [], b""
     head, _, body = resp.partition(b"\r\n\r\n")
@@ -220,6 +219,14 @@ def raw_request(port: int, method: str, path: str, headers: list[tuple[bytes | s
     status = int(first.split(" ")[1])
     hdrs = [(k.strip().lower(), v.strip()) for k, _, v in (l.partition(":") for l in rest)]
     return status, hdrs, body
+
+
+def _complete(resp: bytes) -> bool:
+    """A whole response with a Content-Length: done without waiting for Envoy to close (it delays
+    the close of a connection it answered locally)."""
+    head, sep, body = resp.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
+    return bool(sep and length and len(body) >= int(length.group(1)))
 
 
 # -- the gateway ------------------------------------------------------------------------------------

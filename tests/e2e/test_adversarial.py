@@ -477,6 +477,16 @@ CASES: list[tuple[str, Callable[[Ctx], Req], tuple[str, ...] | None, tuple[int, 
      ("malformed",), REFUSED),
     ("no-route", lambda c: auth(c.weather, "/secret/thing"), None, (403,)),
     ("no-route-dotdot", lambda c: auth(c.weather, "/v1/../secret/thing"), None, (403,)),
+    # path spellings a decoding, twice-decoding or Tomcat-like upstream would serve as another
+    # route's path: 400 ambiguous_path from the filter where Envoy's normalization leaves them alone
+    # (it resolves `..;` itself, so those get the rule of the path it resolved to)
+    ("path-double-encoded-slash", lambda c: Req("/health/..%252fv1/forecast", []), None, (400,)),
+    ("path-double-encoded-dots", lambda c: Req("/health/%252e%252e/v1/forecast", []), None, (400,)),
+    ("path-semicolon-dotdot", lambda c: Req("/health/..;/v1/forecast", []), ("payment_required",), (400, 402)),
+    ("path-semicolon-dotdot-restricted", lambda c: auth(c.files, "/files/public/..;/private/x"), ("restricted",),
+     (400, 402)),
+    ("path-semicolon-into-rule", lambda c: Req("/v1;x/forecast", []), None, (400,)),
+    ("path-encoded-into-rule", lambda c: auth(c.weather, "/%61dmin/panel"), ("wrong_service",), (400, 402)),
 ]
 
 # single-bit flips at many positions of a paid macaroon's bytes: (field, offset within it, bit)

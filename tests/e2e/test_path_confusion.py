@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import pytest
 
 from attacks import Gateway, raw_request, wait_until
-from harness import _kill_group, _tmpdir, free_port, wait_tcp
+from harness import _kill_group, _tmpdir, free_port, http, wait_tcp
 
 # path under the nginx root -> contents. Paid content says PAID.
 FILES = {
@@ -67,6 +67,7 @@ class Nginx:
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             (root / name).write_text(text)
         self.port = free_port()
+        self.markers = 0
         self.access_log = self.dir / "access.log"
         temp = "".join(f"{kind}_temp_path {self.dir}/{kind};\n" for kind in
                        ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
@@ -95,7 +96,12 @@ http {{
         wait_tcp(self.port)
 
     def served(self) -> list[tuple[int, str, str]]:
-        """(status, request_uri, uri) of every request nginx answered, in order."""
+        """(status, request_uri, uri) of every request nginx answered, in order, once the answers
+        already sent are logged (a marker request asked directly comes after them in the log)."""
+        self.markers += 1
+        marker = f"/health?marker={self.markers}"
+        assert http("GET", f"http://127.0.0.1:{self.port}{marker}").status == 200
+        assert wait_until(lambda: f'"{marker}"' in self.access_log.read_text(), timeout=5, step=0.01)
         text = self.access_log.read_text() if self.access_log.exists() else ""
         return [(int(m[1]), m[2], m[3]) for m in re.finditer(r'^(\d+) "([^"]*)" "([^"]*)"$', text, re.M)]
 
@@ -190,7 +196,7 @@ def assert_served(nginx: Nginx, gw: Gateway, path: str, uri: str, cred: str | No
     status, body = get(gw, path, cred)
     assert status == 200, (path, status, body[:300])
     assert body.decode() == FILES[uri.lstrip("/")], body
-    assert nginx.served()[before:][-1][2] == uri
+    assert nginx.served()[before:][0][2] == uri
 
 
 @pytest.fixture(scope="module")

@@ -137,3 +137,22 @@ def test_docker_compose(wasm):
     for cluster in envoy_doc["static_resources"]["clusters"]:
         for ep in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]:
             assert ep["endpoint"]["address"]["socket_address"]["address"] in services
+
+
+PATH_SETTINGS = {"normalize_path": True, "merge_slashes": True, "path_with_escaped_slashes_action": "REJECT_REQUEST"}
+
+
+def test_connection_managers_hand_on_normalized_paths():
+    """Every shipped connection manager, and the README's "In Envoy" snippet, has the path settings
+    that give the filter and the upstream one path (the filter refuses ambiguous paths without them)."""
+    readme = (ROOT / "README.md").read_text()
+    snippet = readme.split("## In Envoy", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    managers = [yaml.safe_load(snippet)[0]["typed_config"]]
+    for path in ENVOY_CONFIGS:
+        doc = yaml.safe_load(re.sub(r"\$\{[A-Z0-9_]+\}", "0", path.read_text()))
+        for listener in doc["static_resources"]["listeners"]:
+            for chain in listener["filter_chains"]:
+                managers += [f["typed_config"] for f in chain["filters"] if f["name"].endswith("http_connection_manager")]
+    assert len(managers) > len(ENVOY_CONFIGS)
+    for manager in managers:
+        assert {k: manager.get(k) for k in PATH_SETTINGS} == PATH_SETTINGS, manager.get("stat_prefix")
