@@ -44,7 +44,7 @@ pub const GATE_CONFIG: &str = r#"{
 /// Which route of [`GATE_CONFIG`] a request falls under, written from the config's documentation
 /// rather than from `config::routes`. `path` is the raw request path (query and fragment included).
 pub fn model_route(method: &str, path: &str, authority: &str) -> Option<usize> {
-    let path = &path[..path.find(|c| c == '?' || c == '#').unwrap_or(path.len())];
+    let path = &path[..path.find(['?', '#']).unwrap_or(path.len())];
     let host = if let Some(bracketed) = authority.strip_prefix('[') {
         bracketed.split(']').next().unwrap_or("")
     } else {
@@ -319,10 +319,8 @@ pub fn model_admits(
             if !path.starts_with(value) {
                 return Err(format!("path {path:?} is outside the token's prefix {value:?}"));
             }
-        } else if key == methods_key {
-            if !value.split(',').any(|m| m.trim().eq_ignore_ascii_case(method)) {
-                return Err(format!("method {method:?} is not in the token's methods {value:?}"));
-            }
+        } else if key == methods_key && !value.split(',').any(|m| m.trim().eq_ignore_ascii_case(method)) {
+            return Err(format!("method {method:?} is not in the token's methods {value:?}"));
         }
     }
     if !saw_services {
