@@ -307,16 +307,20 @@ mod tests {
 
     const PREIMAGE: [u8; 32] = [9; 32];
 
-    fn token(config: &Config, service: &str, valid_until: Option<u64>) -> crate::l402::Macaroon {
-        let grant = Grant {
+    /// Token id 4, paid with PREIMAGE, no capabilities, no expiry.
+    fn grant<'a>(service: &'a str, constraints: &'a [(String, String)]) -> Grant<'a> {
+        Grant {
             payment_hash: Sha256::digest(PREIMAGE).into(),
             token_id: [4; 32],
             service,
             capabilities: &[],
-            valid_until,
-            constraints: &[],
-        };
-        mint(&config.secrets, &grant)
+            valid_until: None,
+            constraints,
+        }
+    }
+
+    fn token(config: &Config, service: &str, valid_until: Option<u64>) -> crate::l402::Macaroon {
+        mint(&config.secrets, &Grant { valid_until, ..grant(service, &[]) })
     }
 
     fn authorization(mac: &crate::l402::Macaroon) -> String {
@@ -369,15 +373,7 @@ mod tests {
         let config = config();
         let mut cache = VerifiedCache::new(8);
         let secrets = crate::l402::SecretRing::new(vec![vec![0x22; 32]]).unwrap();
-        let grant = Grant {
-            payment_hash: Sha256::digest(PREIMAGE).into(),
-            token_id: [1; 32],
-            service: "weather",
-            capabilities: &[],
-            valid_until: None,
-            constraints: &[],
-        };
-        let header = authorization(&mint(&secrets, &grant));
+        let header = authorization(&mint(&secrets, &Grant { token_id: [1; 32], ..grant("weather", &[]) }));
         assert_eq!(refusal(decide(&config, &mut cache, &view("/v1/x", Some(&header), 0))), Some("bad_signature"));
         assert!(cache.is_empty());
     }
@@ -465,16 +461,8 @@ mod tests {
         let config = config();
         let mut cache = VerifiedCache::new(8);
         let restricted = |path: &str| {
-            let constraints = vec![("weather_path".to_owned(), path.to_owned())];
-            let grant = Grant {
-                payment_hash: Sha256::digest(PREIMAGE).into(),
-                token_id: [4; 32],
-                service: "weather",
-                capabilities: &[],
-                valid_until: None,
-                constraints: &constraints,
-            };
-            authorization(&mint(&config.secrets, &grant))
+            let constraints = [("weather_path".to_owned(), path.to_owned())];
+            authorization(&mint(&config.secrets, &grant("weather", &constraints)))
         };
         // The minted path is the decoded one, and that is what it opens, however it is spelled.
         let header = restricted("/v1/café");
@@ -491,15 +479,7 @@ mod tests {
         let config = config();
         let mut cache = VerifiedCache::new(2);
         for id in 0..5u8 {
-            let grant = Grant {
-                payment_hash: Sha256::digest(PREIMAGE).into(),
-                token_id: [id; 32],
-                service: "weather",
-                capabilities: &[],
-                valid_until: None,
-                constraints: &[],
-            };
-            let header = authorization(&mint(&config.secrets, &grant));
+            let header = authorization(&mint(&config.secrets, &Grant { token_id: [id; 32], ..grant("weather", &[]) }));
             assert_eq!(paid_token(decide(&config, &mut cache, &view("/v1/x", Some(&header), 0))), Some([id; 32]));
             assert!(cache.len() <= 2);
         }
