@@ -2,6 +2,8 @@
 //! the gate needs, dispatches the invoice callout and sends the gate's responses; every decision is
 //! made by the pure modules.
 
+mod admission;
+mod challenge;
 mod host;
 mod http;
 mod root;

@@ -1,0 +1,140 @@
+//! A paid request on its way in: the settlement check and the use count where configured, then the
+//! hand-off to the upstream.
+
+use super::host::{self, Host, HostStore};
+use super::http::{key, Http, Waiting};
+use crate::config::Service;
+use crate::fleet::{self, Seen, TxnOutcome};
+use crate::gate::Refusal;
+use crate::l402::encoding::hex_encode;
+use crate::l402::Identifier;
+use crate::lightning::{settlement_request, NodeError};
+use crate::metrics::Counter;
+use crate::store;
+use proxy_wasm::types::Action;
+use std::rc::Rc;
+
+/// A paid request on its way in; `from_authorization` tells which header carried the credential.
+#[derive(Clone)]
+pub(super) struct Admission {
+    pub(super) identifier: Identifier,
+    pub(super) service: Service,
+    /// The price the token was bought at, for the metering header.
+    pub(super) price_msat: Option<u64>,
+    pub(super) from_authorization: bool,
+}
+
+/// Compare-and-swap rounds on a fleet use counter before the store counts as failing.
+pub(super) const FLEET_CAS_ATTEMPTS: u8 = 4;
+
+impl Http {
+    /// A paid request: confirm settlement where required, then count the use and hand it on.
+    pub(super) fn admit(&mut self, admission: Admission, preimage_proven: bool) -> Action {
+        let config = &self.shared.config;
+        if preimage_proven && !config.node.strict {
+            return self.count_use_and_hand_off(&admission);
+        }
+        match store::flag(&HostStore, &key("settled", &admission.identifier.payment_hash)) {
+            Ok(true) => self.count_use_and_hand_off(&admission),
+            Ok(false) => {
+                let node = &config.node;
+                let request = settlement_request(node.kind, &node.credential.0, &admission.identifier.payment_hash);
+                self.call_node(&request, Waiting::Settlement(admission))
+            }
+            Err(e) => self.store_failure(&e, None),
+        }
+    }
+
+    pub(super) fn count_use_and_hand_off(&mut self, admission: &Admission) -> Action {
+        let Some(limit) = admission.service.uses else { return self.pass(admission) };
+        let shared = Rc::clone(&self.shared);
+        if let Some(fleet) = &shared.config.fleet {
+            let request = fleet::count_use(&fleet::uses_key(&fleet.prefix, &admission.identifier.token_id), None);
+            let waiting = Waiting::Usage { admission: admission.clone(), limit, attempt: 1 };
+            return self.call(&fleet.endpoint, &request, waiting);
+        }
+        match store::take_one(&HostStore, &key("uses", &admission.identifier.token_id), limit) {
+            Ok(true) => self.pass(admission),
+            Ok(false) => self.challenge(admission.service.clone(), Some(Refusal::UsedUp)),
+            Err(e) => self.store_failure(&e, Some(admission)),
+        }
+    }
+
+    /// The fleet store answered a use-count step: counted, used up, or try again.
+    pub(super) fn counted(
+        &mut self,
+        admission: Admission,
+        limit: u64,
+        attempt: u8,
+        answer: Result<TxnOutcome, NodeError>,
+    ) -> Action {
+        let shared = Rc::clone(&self.shared);
+        let Some(fleet) = &shared.config.fleet else { return Action::Pause };
+        match answer {
+            Ok(TxnOutcome::Counted) => self.pass(&admission),
+            Ok(TxnOutcome::Changed(Seen { count, .. })) if count >= limit => {
+                self.challenge(admission.service, Some(Refusal::UsedUp))
+            }
+            Ok(TxnOutcome::Changed(seen)) if attempt < FLEET_CAS_ATTEMPTS => {
+                let request =
+                    fleet::count_use(&fleet::uses_key(&fleet.prefix, &admission.identifier.token_id), Some(&seen));
+                self.call(
+                    &fleet.endpoint,
+                    &request,
+                    Waiting::Usage { admission, limit, attempt: attempt.saturating_add(1) },
+                )
+            }
+            Ok(TxnOutcome::Changed(_)) => self.store_failure(&"use counter kept changing", Some(&admission)),
+            Err(error) => self.store_failure(&error, Some(&admission)),
+        }
+    }
+
+    pub(super) fn pass(&self, admission: &Admission) -> Action {
+        self.shared.count(Counter::Paid);
+        self.hand_off(admission);
+        Action::Continue
+    }
+
+    /// The upstream gets the request without the credential (unless configured otherwise) and with
+    /// the metering headers, which replace any copy the client sent.
+    pub(super) fn hand_off(&self, admission: &Admission) {
+        let headers = &self.shared.config.upstream_headers;
+        if headers.strip_credential {
+            let credential: &[&str] =
+                if admission.from_authorization { &["authorization"] } else { &["grpc-metadata-macaroon", "macaroon"] };
+            credential.iter().for_each(|name| self.remove_credential_header(name));
+        }
+        if let Some(name) = &headers.token_id {
+            host::set_request_header(name, &hex_encode(&admission.identifier.token_id));
+        }
+        if let Some(name) = &headers.service {
+            host::set_request_header(name, &admission.service.name);
+        }
+        match (&headers.price_msat, admission.price_msat) {
+            (Some(name), Some(price)) => host::set_request_header(name, &price.to_string()),
+            (Some(name), None) => self.remove_client_copy(name),
+            (None, _) => {}
+        }
+    }
+
+    /// nginx's proxy module forwards a removed request header all the same: there the credential
+    /// is blanked instead, and forwarded as an empty header.
+    pub(super) fn remove_credential_header(&self, name: &str) {
+        match self.host {
+            Host::Envoy => host::remove_request_header(name),
+            Host::Nginx => host::set_request_header(name, ""),
+        }
+    }
+
+    /// Client copies of the metering headers never reach the upstream. nginx cannot remove them, so
+    /// there a request that carries one was refused before any decision (`reserved_header`).
+    pub(super) fn remove_client_copy(&self, name: &str) {
+        if self.host == Host::Envoy {
+            host::remove_request_header(name);
+        }
+    }
+
+    pub(super) fn remove_metering_headers(&self) {
+        self.shared.config.upstream_headers.names().for_each(|name| self.remove_client_copy(name));
+    }
+}
