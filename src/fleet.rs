@@ -31,77 +31,20 @@ pub struct Seen {
 /// One compare-and-swap step on a use counter: if it is still as `seen`, write `seen + 1`;
 /// otherwise read it back.
 pub fn count_use(key: &str, seen: Option<&Seen>) -> Callout {
-    match seen {
-        None => put_if(key, &Compare::Version(0), 1, Put::Plain),
-        Some(s) => put_if(key, &Compare::Mod(&s.mod_revision), s.count.saturating_add(1), Put::Plain),
-    }
-}
-
-/// What a transaction checks of its key before writing.
-pub(crate) enum Compare<'a> {
-    /// The key's version (0: it does not exist).
-    Version(u64),
-    /// The revision of its last write, as read.
-    Mod(&'a str),
-    /// The revision that created it (0: it does not exist).
-    Create(u64),
-    /// Its value, a number in decimal (never true of a missing key).
-    Value(u64),
-}
-
-/// How the value is written: with no lease, under a lease (by id), or keeping the key's lease.
-pub(crate) enum Put<'a> {
-    Plain,
-    Lease(&'a str),
-    KeepLease,
-}
-
-/// A transaction on one key: if `compare` holds, write `value` (a number, in decimal); otherwise
-/// read the key back.
-pub(crate) fn put_if(key: &str, compare: &Compare, value: u64, put: Put) -> Callout {
     let key64 = base64_encode(key.as_bytes());
-    let compare = match compare {
-        Compare::Version(v) => {
-            json!({ "key": key64, "result": "EQUAL", "target": "VERSION", "version": v.to_string() })
-        }
-        Compare::Mod(rev) => json!({ "key": key64, "result": "EQUAL", "target": "MOD", "mod_revision": rev }),
-        Compare::Create(rev) => {
-            json!({ "key": key64, "result": "EQUAL", "target": "CREATE", "create_revision": rev.to_string() })
-        }
-        Compare::Value(v) => json!({
-            "key": key64, "result": "EQUAL", "target": "VALUE", "value": base64_encode(v.to_string().as_bytes())
-        }),
+    let (compare, next) = match seen {
+        None => (json!({ "key": key64, "result": "EQUAL", "target": "VERSION", "version": "0" }), 1),
+        Some(s) => (
+            json!({ "key": key64, "result": "EQUAL", "target": "MOD", "mod_revision": s.mod_revision }),
+            s.count.saturating_add(1),
+        ),
     };
-    let mut request = json!({ "key": key64, "value": base64_encode(value.to_string().as_bytes()) });
-    match put {
-        Put::Plain => {}
-        Put::Lease(id) => request["lease"] = json!(id),
-        Put::KeepLease => request["ignore_lease"] = json!(true),
-    }
     let txn = json!({
         "compare": [compare],
-        "success": [{ "request_put": request }],
+        "success": [{ "request_put": { "key": key64, "value": base64_encode(next.to_string().as_bytes()) } }],
         "failure": [{ "request_range": { "key": key64 } }],
     });
     Callout::post_json("/v3/kv/txn", None, &txn)
-}
-
-/// The answer to [`put_if`]: written, or what the key holds now (`None`: it does not exist).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Written {
-    Yes,
-    No(Option<Seen>),
-}
-
-pub(crate) fn parse_put_if(status: Option<u32>, body: &[u8]) -> Result<Written, NodeError> {
-    check_answer(status, body)?;
-    let answer: TxnResponse = parse_json(body)?;
-    if answer.succeeded {
-        return Ok(Written::Yes);
-    }
-    let kv =
-        answer.responses.into_iter().find_map(|op| op.response_range).and_then(|range| range.kvs.into_iter().next());
-    Ok(Written::No(kv.as_ref().map(read_count).transpose()?))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,34 +69,37 @@ struct ResponseOp {
 }
 
 #[derive(Deserialize)]
-pub(crate) struct RangeResponse {
+struct RangeResponse {
     #[serde(default)]
-    pub(crate) kvs: Vec<KeyValue>,
+    kvs: Vec<KeyValue>,
 }
 
 #[derive(Deserialize)]
-pub(crate) struct KeyValue {
+struct KeyValue {
     key: String,
     #[serde(default)]
     value: String,
     #[serde(default)]
     mod_revision: String,
-    /// The lease the key lives under ("0" or absent: none).
-    #[serde(default)]
-    pub(crate) lease: String,
 }
 
 pub fn parse_count(status: Option<u32>, body: &[u8]) -> Result<TxnOutcome, NodeError> {
-    Ok(match parse_put_if(status, body)? {
-        Written::Yes => TxnOutcome::Counted,
-        Written::No(seen) => {
-            // Deleted between the compare and the read: start again from nothing.
-            TxnOutcome::Changed(seen.unwrap_or(Seen { count: 0, mod_revision: "0".to_owned() }))
-        }
-    })
+    check_answer(status, body)?;
+    let answer: TxnResponse = parse_json(body)?;
+    if answer.succeeded {
+        return Ok(TxnOutcome::Counted);
+    }
+    let kv = answer
+        .responses
+        .into_iter()
+        .find_map(|op| op.response_range)
+        .and_then(|range| range.kvs.into_iter().next())
+        // Deleted between the compare and the read: start again from nothing.
+        .map_or_else(|| Ok(None), |kv| Some(read_count(&kv)).transpose())?;
+    Ok(TxnOutcome::Changed(kv.unwrap_or(Seen { count: 0, mod_revision: "0".to_owned() })))
 }
 
-pub(crate) fn read_count(kv: &KeyValue) -> Result<Seen, NodeError> {
+fn read_count(kv: &KeyValue) -> Result<Seen, NodeError> {
     let count = base64_decode(&kv.value)
         .and_then(|v| String::from_utf8(v).ok())
         .and_then(|v| v.parse().ok())

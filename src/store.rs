@@ -31,9 +31,7 @@ impl fmt::Display for StoreError {
 /// How often a compare-and-swap is retried before giving up.
 const CAS_ATTEMPTS: usize = 16;
 
-/// Little-endian numbers, the fixed format of every entry this crate keeps in shared data; missing
-/// bytes read as zero.
-pub(crate) fn read_u64s<const N: usize>(bytes: &[u8]) -> [u64; N] {
+fn read_u64s<const N: usize>(bytes: &[u8]) -> [u64; N] {
     let mut out = [0u64; N];
     for (slot, chunk) in out.iter_mut().zip(bytes.chunks_exact(8)) {
         if let Ok(array) = <[u8; 8]>::try_from(chunk) {
@@ -43,41 +41,29 @@ pub(crate) fn read_u64s<const N: usize>(bytes: &[u8]) -> [u64; N] {
     out
 }
 
-pub(crate) fn write_u64s<const N: usize>(values: [u64; N]) -> Vec<u8> {
+fn write_u64s<const N: usize>(values: [u64; N]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-/// Applies `update` to the bytes stored at `key` (`None` if nothing is stored) atomically: read,
-/// decide, write with the read's version, again on a concurrent write. `update` returns the bytes to
-/// write (or `None` to leave them) and a verdict, which is returned once the write, if any, succeeded.
-pub(crate) fn update_bytes<T>(
+/// Applies `update` to the numbers stored at `key` (`None` if nothing is stored yet) atomically;
+/// `update` returns the new numbers (or `None` to leave them) and a verdict, which is returned once
+/// the write, if any, succeeded.
+fn update<const N: usize, T>(
     store: &dyn SharedStore,
     key: &str,
-    update: impl Fn(Option<&[u8]>) -> (Option<Vec<u8>>, T),
+    update: impl Fn(Option<[u64; N]>) -> (Option<[u64; N]>, T),
 ) -> Result<T, StoreError> {
     for _ in 0..CAS_ATTEMPTS {
         let (bytes, cas) = store.get(key)?;
-        let (new, verdict) = update(bytes.as_deref());
+        let (new, verdict) = update(bytes.as_deref().map(read_u64s));
         let Some(new) = new else { return Ok(verdict) };
-        match store.set(key, &new, cas) {
+        match store.set(key, &write_u64s(new), cas) {
             Ok(()) => return Ok(verdict),
             Err(StoreError::CasMismatch) => continue,
             Err(e) => return Err(e),
         }
     }
     Err(StoreError::CasMismatch)
-}
-
-/// [`update_bytes`] on `N` numbers.
-fn update<const N: usize, T>(
-    store: &dyn SharedStore,
-    key: &str,
-    update: impl Fn(Option<[u64; N]>) -> (Option<[u64; N]>, T),
-) -> Result<T, StoreError> {
-    update_bytes(store, key, |bytes| {
-        let (new, verdict) = update(bytes.map(read_u64s));
-        (new.map(write_u64s), verdict)
-    })
 }
 
 /// Counts one use against `limit`; `Ok(false)` when the limit was already reached.
