@@ -146,9 +146,30 @@ pub fn withheld_body() -> String {
     json!({ "error": "gateway_error", "reason": "not_admitted", "detail": "the gateway resumed a request the paywall did not admit" }).to_string()
 }
 
+/// `body` padded with spaces to `declared` bytes, or no body where it does not fit; as it is without a
+/// declared length. For a replacement body where the host cannot change the length of the answer.
+pub fn fit_to_length(body: String, declared: Option<usize>) -> String {
+    match declared {
+        Some(length) if length >= body.len() => format!("{body:length$}"),
+        Some(_) => String::new(),
+        None => body,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replacement_body_takes_the_declared_length() {
+        assert_eq!(fit_to_length("{}".into(), Some(5)), "{}   ");
+        assert_eq!(fit_to_length("{}".into(), Some(2)), "{}");
+        assert_eq!(fit_to_length("{\"a\":1}".into(), Some(3)), "");
+        assert_eq!(fit_to_length("{}".into(), None), "{}");
+        let padded = fit_to_length(withheld_body(), Some(400));
+        assert_eq!(padded.len(), 400);
+        assert_eq!(serde_json::from_str::<Value>(&padded).unwrap()["reason"], "not_admitted");
+    }
     use crate::testing::config_with_routes;
     use serde_json::Value;
 

@@ -53,6 +53,15 @@ pub fn call_response_status() -> Option<u32> {
     answer_status(call_response_header(":status").as_deref(), call_response_header(":dispatch_status").as_deref())
 }
 
+/// Whether a failed callout surely failed before its request was sent (nginx's `:dispatch_status`:
+/// the TLS handshake or the name resolution). Only then does a local response sent from the
+/// callback keep its body on nginx: once the request went out (a timeout, a reset) the call's
+/// buffer takes the body with it, and a refused connection is reported as a reset is ("broken
+/// connection").
+pub fn call_failed_before_sending() -> bool {
+    matches!(call_response_header(":dispatch_status").as_deref(), Some("tls handshake failure" | "resolver failure"))
+}
+
 pub fn call_response_body(size: usize) -> Vec<u8> {
     match hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size) {
         Ok(Some(bytes)) => bytes,
@@ -124,6 +133,11 @@ pub fn remove_request_header(name: &str) {
 
 pub fn has_request_header(name: &str) -> bool {
     matches!(hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name), Ok(Some(_)))
+}
+
+pub fn response_header(name: &str) -> Option<String> {
+    let bytes = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok()??;
+    String::from_utf8(bytes).ok()
 }
 
 pub fn set_response_header(name: &str, value: Option<&str>) {

@@ -44,7 +44,8 @@ pub struct Http {
     pub(super) admitted: bool,
     /// The filter answered the request itself.
     pub(super) responded: Cell<bool>,
-    /// The last callout failed before any answer came (nginx then loses a local response's body).
+    /// The last callout failed after its request went out and before any answer came (nginx then
+    /// loses a local response's body).
     pub(super) call_failed: bool,
     /// An upstream answer to a request never admitted is being replaced, by this body.
     pub(super) replacing_body: bool,
@@ -185,7 +186,7 @@ impl Context for Http {
             host::record_metric(id, u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
         }
         let status = host::call_response_status();
-        self.call_failed = status.is_none();
+        self.call_failed = status.is_none() && !(self.host == Host::Nginx && host::call_failed_before_sending());
         // One byte past the limit is enough for the parsers to refuse an oversized answer.
         let body = host::call_response_body(body_size.min(MAX_RESPONSE_BYTES.saturating_add(1)));
         let action = match waiting {
@@ -249,7 +250,13 @@ impl HttpContext for Http {
             // resumes a paused request by itself (Kong 3.4-3.8 when a call fails) must not leak the API.
             self.shared.count(Counter::UnadmittedResponses);
             host::log(LogLevel::Error, "the host resumed a request the filter did not admit: its answer is withheld");
-            let body = response::withheld_body();
+            let mut body = response::withheld_body();
+            if self.host == Host::Nginx {
+                // nginx's engines that resume a request by themselves (Kong 3.4-3.8) cannot make a
+                // body chunk longer than it came.
+                let declared = host::response_header("content-length").and_then(|n| n.trim().parse().ok());
+                body = response::fit_to_length(body, declared);
+            }
             host::replace_response_headers(503, "application/json", body.len());
             self.withheld = Some(body);
             self.replacing_body = true;
