@@ -138,6 +138,8 @@ run_tests() {
     cargo test
     log "fuzzing, ${FUZZ_SECONDS:-10} s per target (scripts/fuzz.sh for longer runs)"
     scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
+    [[ -n ${L402_KONG_NGINX:-}${L402_KONG_LEGACY_NGINX:-} ]] ||
+        warn "Kong engine suite (tests/kong) skipped: set L402_KONG_NGINX=/path/to/sbin/nginx (docs/kong.md)"
     log "pytest tests"
     rm -rf .run/envoy-* .run/lnbits-* .run/etcd-*   # temp dirs (logs) of the previous run
     .venv/bin/python -m pytest tests -q
