@@ -17,6 +17,11 @@ pub fn uses_key(prefix: &str, token_id: &[u8; 32]) -> String {
     format!("{prefix}uses/{}", hex_encode(token_id))
 }
 
+/// The single-use record of a Payment-scheme charge, by its payment hash.
+pub fn spent_key(prefix: &str, payment_hash: &[u8; 32]) -> String {
+    format!("{prefix}spent/{}", hex_encode(payment_hash))
+}
+
 pub fn revoked_prefix(prefix: &str) -> String {
     format!("{prefix}revoked/")
 }

@@ -7,6 +7,7 @@ use crate::l402::header::{is_l402_authorization, parse_authorization, parse_maca
 use crate::l402::{
     authenticate, authenticate_without_preimage, Identifier, Requirement, SecretRing, Token, VerifyError,
 };
+use crate::payment::{self, is_payment_authorization, Charge, PaymentError};
 use crate::policy;
 use crate::policy::path::{Ambiguity, Readings};
 use core::fmt;
@@ -37,6 +38,8 @@ pub enum Refusal {
     UsedUp,
     /// The node does not report the token's invoice as settled.
     Unsettled,
+    /// A Payment-scheme credential that does not open the route.
+    Payment(PaymentError),
 }
 
 impl Refusal {
@@ -46,6 +49,7 @@ impl Refusal {
             Refusal::Revoked => "revoked",
             Refusal::UsedUp => "used_up",
             Refusal::Unsettled => "unsettled",
+            Refusal::Payment(e) => e.code(),
         }
     }
 }
@@ -57,6 +61,7 @@ impl fmt::Display for Refusal {
             Refusal::Revoked => write!(f, "token has been revoked"),
             Refusal::UsedUp => write!(f, "token has been used as many times as it allows"),
             Refusal::Unsettled => write!(f, "the token's invoice is not paid"),
+            Refusal::Payment(e) => e.fmt(f),
         }
     }
 }
@@ -72,8 +77,16 @@ pub enum Decision<'c> {
     /// A free route, or no route and `unmatched: free`.
     Free,
     /// A valid credential for the route. Use limits and settlement checks (strict mode, or a
-    /// credential without preimage) still apply before the request may pass.
-    Paid { identifier: Identifier, preimage_proven: bool, service: &'c Service, price_msat: Option<u64> },
+    /// credential without preimage) still apply before the request may pass. A Payment-scheme
+    /// charge is identified by its payment hash (as payment hash and token id) and its challenge id,
+    /// and buys one request.
+    Paid {
+        identifier: Identifier,
+        preimage_proven: bool,
+        service: &'c Service,
+        price_msat: Option<u64>,
+        charge: Option<String>,
+    },
     /// Payment is needed; `refusal` says what was wrong with the credential presented, if any.
     Challenge { service: &'c Service, refusal: Option<Refusal> },
     /// No route matches and `unmatched: deny`.
@@ -252,6 +265,9 @@ pub fn decide_paid<'c>(
         (Some(header), _) if is_l402_authorization(header) => {
             cache.authenticate(config, header, authorization_form(config, header))
         }
+        (Some(header), _) if service.schemes.payment && is_payment_authorization(header) => {
+            return decide_charge(config, route, method, header, presented.now);
+        }
         (Some(_), Some(header)) | (None, Some(header)) => cache.authenticate(config, header, Form::Grpc),
         // Another scheme (Basic, Bearer) is no L402 credential at all.
         (Some(_), None) | (None, None) => return Decision::Challenge { service, refusal: None },
@@ -273,7 +289,57 @@ pub fn decide_paid<'c>(
     } else {
         service.price_msat
     };
-    Decision::Paid { identifier: token.identifier, preimage_proven: token.preimage_proven, service, price_msat }
+    Decision::Paid {
+        identifier: token.identifier,
+        preimage_proven: token.preimage_proven,
+        service,
+        price_msat,
+        charge: None,
+    }
+}
+
+/// The decision on a Payment-scheme credential: a charge we issued, paid, and issued for this
+/// route's service, price, and (for a quoted price) method and path.
+fn decide_charge<'c>(
+    config: &'c Config,
+    route: &PaidRoute<'c, '_>,
+    method: &str,
+    header: &str,
+    now: u64,
+) -> Decision<'c> {
+    let service = route.service;
+    let charge = match payment::verify(&config.payment_keys, header, now).and_then(|c| issued_for(route, method, c)) {
+        Ok(charge) => charge,
+        Err(e) => return Decision::Challenge { service, refusal: Some(Refusal::Payment(e)) },
+    };
+    if config.revoked.contains(&charge.payment_hash) {
+        return Decision::Challenge { service, refusal: Some(Refusal::Revoked) };
+    }
+    Decision::Paid {
+        identifier: Identifier { payment_hash: charge.payment_hash, token_id: charge.payment_hash },
+        preimage_proven: true,
+        service,
+        price_msat: Some(charge.amount_sat.saturating_mul(1000)),
+        charge: Some(charge.challenge_id),
+    }
+}
+
+fn issued_for(route: &PaidRoute<'_, '_>, method: &str, charge: Charge) -> Result<Charge, PaymentError> {
+    let service = route.service;
+    let binding = &charge.binding;
+    if binding.service != service.name {
+        return Err(PaymentError::WrongService);
+    }
+    if service.dynamic_price {
+        // A quote is for one method and path, which every reading of the path must be.
+        let same_path = binding.path.as_deref().is_some_and(|p| route.readings.decoded().all(|path| path == p));
+        if binding.method.as_deref() != Some(method) || !same_path {
+            return Err(PaymentError::Restricted);
+        }
+    } else if service.price_msat.is_some_and(|price| charge.amount_sat.saturating_mul(1000) < price) {
+        return Err(PaymentError::WrongPrice);
+    }
+    Ok(charge)
 }
 
 /// [`route`] and [`decide_paid`] in one, for a request whose headers are all at hand.

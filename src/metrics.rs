@@ -4,6 +4,7 @@
 use crate::gate::Refusal;
 use crate::l402::VerifyError;
 use crate::lightning::NodeError;
+use crate::payment::PaymentError;
 use core::cell::Cell;
 
 macro_rules! counters {
@@ -41,6 +42,10 @@ counters! {
     Revoked => "l402_refused_revoked",
     UsedUp => "l402_refused_used_up",
     Unsettled => "l402_refused_unsettled",
+    MethodUnsupported => "l402_refused_method_unsupported",
+    InvalidChallenge => "l402_refused_invalid_challenge",
+    WrongPrice => "l402_refused_wrong_price",
+    Replayed => "l402_refused_replayed",
     AmbiguousPath => "l402_refused_ambiguous_path",
     Freebies => "l402_freebies_granted",
     ChallengesLimited => "l402_challenges_rate_limited",
@@ -64,6 +69,7 @@ impl Counter {
             Some(Refusal::Revoked) => return Counter::Revoked,
             Some(Refusal::UsedUp) => return Counter::UsedUp,
             Some(Refusal::Unsettled) => return Counter::Unsettled,
+            Some(Refusal::Payment(e)) => return Counter::for_payment_error(e),
             Some(Refusal::Token(e)) => e,
         };
         match token_error {
@@ -76,6 +82,20 @@ impl Counter {
             VerifyError::CapabilityMissing => Counter::CapabilityMissing,
             VerifyError::CaveatWidened(_) => Counter::CaveatWidened,
             VerifyError::Restricted => Counter::Restricted,
+        }
+    }
+
+    fn for_payment_error(error: &PaymentError) -> Counter {
+        match error {
+            PaymentError::Malformed(_) => Counter::Malformed,
+            PaymentError::MethodUnsupported => Counter::MethodUnsupported,
+            PaymentError::InvalidChallenge => Counter::InvalidChallenge,
+            PaymentError::Expired => Counter::Expired,
+            PaymentError::PreimageMismatch => Counter::PreimageMismatch,
+            PaymentError::WrongService => Counter::WrongService,
+            PaymentError::WrongPrice => Counter::WrongPrice,
+            PaymentError::Restricted => Counter::Restricted,
+            PaymentError::Replayed => Counter::Replayed,
         }
     }
 

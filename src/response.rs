@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::gate::Refusal;
 use crate::l402::header::{challenge_from_base64, Scheme};
 use crate::lightning::NodeError;
+use crate::payment::PaymentError;
 use crate::policy::path::Ambiguity;
 use serde_json::json;
 
@@ -31,10 +32,20 @@ pub struct LocalResponse {
 fn json_response(
     status: u32,
     body: serde_json::Value,
+    headers: Vec<(&'static str, String)>,
+    grpc: (u32, &'static str),
+) -> LocalResponse {
+    typed_response(status, "application/json", body, headers, grpc)
+}
+
+fn typed_response(
+    status: u32,
+    content_type: &str,
+    body: serde_json::Value,
     mut headers: Vec<(&'static str, String)>,
     (grpc_status, grpc_message): (u32, &'static str),
 ) -> LocalResponse {
-    headers.push(("content-type", "application/json".to_owned()));
+    headers.push(("content-type", content_type.to_owned()));
     headers.push(("cache-control", "no-store".to_owned()));
     LocalResponse { status, headers, body: body.to_string(), grpc_status, grpc_message }
 }
@@ -44,28 +55,55 @@ pub fn is_grpc(content_type: &str) -> bool {
     content_type.get(..16).is_some_and(|p| p.eq_ignore_ascii_case("application/grpc"))
 }
 
-/// What a challenge offers: the service, its price and the invoice to pay.
+/// What a challenge offers: the service, its price and the invoice to pay, in the route's dialects.
 pub struct Offer<'a> {
     pub service: &'a str,
     pub price_msat: u64,
-    pub macaroon_b64: &'a str,
+    /// The L402 macaroon, where the route speaks L402.
+    pub macaroon_b64: Option<&'a str>,
+    /// The Payment challenge's `WWW-Authenticate` value, where the route speaks the Payment scheme.
+    pub payment: Option<&'a str>,
     pub invoice: &'a str,
     pub expiry_s: u32,
 }
 
-/// 402 with the challenge. Aperture's header order: LSAT (for old clients) first, then L402.
+/// 402 with the challenges, all for one invoice. Aperture's header order: LSAT (for old clients)
+/// first, then L402; the Payment challenge last. A refused Payment credential, and a route that
+/// speaks only the Payment scheme, get RFC 9457 problem details; L402 clients keep their JSON.
 pub fn payment_required(config: &Config, offer: &Offer<'_>, refusal: Option<&Refusal>) -> LocalResponse {
-    let Offer { service, price_msat, macaroon_b64, invoice, expiry_s } = *offer;
-    let mut headers = Vec::with_capacity(5);
-    if config.lsat_header {
-        headers.push(("www-authenticate", challenge_from_base64(Scheme::Lsat, macaroon_b64, invoice)));
+    let Offer { service, price_msat, macaroon_b64, payment, invoice, expiry_s } = *offer;
+    let mut headers = Vec::with_capacity(6);
+    if let Some(macaroon_b64) = macaroon_b64 {
+        if config.lsat_header {
+            headers.push(("www-authenticate", challenge_from_base64(Scheme::Lsat, macaroon_b64, invoice)));
+        }
+        headers.push(("www-authenticate", challenge_from_base64(Scheme::L402, macaroon_b64, invoice)));
     }
-    headers.push(("www-authenticate", challenge_from_base64(Scheme::L402, macaroon_b64, invoice)));
+    if let Some(payment) = payment {
+        headers.push(("www-authenticate", payment.to_owned()));
+    }
     headers.push(("access-control-expose-headers", "WWW-Authenticate".to_owned()));
+    let grpc = (grpc::INTERNAL, "payment required");
+    if matches!(refusal, Some(Refusal::Payment(_))) || macaroon_b64.is_none() {
+        let (kind, title) = problem_type(refusal);
+        let body = json!({
+            "type": format!("{PROBLEM_BASE}{kind}"),
+            "title": title,
+            "status": 402,
+            "detail": refusal.map_or_else(|| "pay the invoice and retry with the Payment credential".to_owned(), Refusal::to_string),
+            "reason": refusal.map_or("payment_required", Refusal::code),
+            "service": service,
+            "price_sat": price_msat.div_ceil(1000),
+            "invoice": invoice,
+            "invoice_expires_in_s": expiry_s,
+        });
+        return typed_response(402, "application/problem+json", body, headers, grpc);
+    }
     let (reason, detail) = match refusal {
         Some(r) => (r.code(), r.to_string()),
         None => ("payment_required", "pay the invoice and retry with the L402 credential".to_owned()),
     };
+    let status = if refusal.is_some() { config.invalid_credential_status } else { 402 };
     let body = json!({
         "error": "payment_required",
         "reason": reason,
@@ -76,7 +114,29 @@ pub fn payment_required(config: &Config, offer: &Offer<'_>, refusal: Option<&Ref
         "invoice": invoice,
         "invoice_expires_in_s": expiry_s,
     });
-    json_response(402, body, headers, (grpc::INTERNAL, "payment required"))
+    json_response(status, body, headers, grpc)
+}
+
+/// Where the Payment scheme's problem types live (draft-httpauth-payment §8).
+pub const PROBLEM_BASE: &str = "https://paymentauth.org/problems/";
+
+/// The draft's problem type and title for a refusal: every one is a 402 with a fresh challenge.
+fn problem_type(refusal: Option<&Refusal>) -> (&'static str, &'static str) {
+    match refusal {
+        None => ("payment-required", "Payment Required"),
+        Some(Refusal::Payment(e)) => match e {
+            PaymentError::Malformed(_) => ("malformed-credential", "Malformed Credential"),
+            PaymentError::MethodUnsupported => ("method-unsupported", "Method Unsupported"),
+            PaymentError::InvalidChallenge
+            | PaymentError::WrongService
+            | PaymentError::Restricted
+            | PaymentError::Replayed => ("invalid-challenge", "Invalid Challenge"),
+            PaymentError::WrongPrice => ("payment-insufficient", "Payment Insufficient"),
+            PaymentError::Expired => ("payment-expired", "Payment Expired"),
+            PaymentError::PreimageMismatch => ("verification-failed", "Verification Failed"),
+        },
+        Some(_) => ("verification-failed", "Verification Failed"),
+    }
 }
 
 /// 503: the gate cannot decide safely without the node, so nothing passes.
@@ -176,8 +236,14 @@ mod tests {
     #[test]
     fn challenge_has_both_schemes_and_a_json_reason() {
         let config = config_with_routes(json!([{ "match": {}, "service": "weather", "price_msat": 10_500 }]));
-        let offer =
-            Offer { service: "weather", price_msat: 10_500, macaroon_b64: "TUFD", invoice: "lnbc1", expiry_s: 600 };
+        let offer = Offer {
+            service: "weather",
+            price_msat: 10_500,
+            macaroon_b64: Some("TUFD"),
+            payment: None,
+            invoice: "lnbc1",
+            expiry_s: 600,
+        };
         let r = payment_required(&config, &offer, Some(&Refusal::Token(crate::l402::VerifyError::Expired)));
         assert_eq!(r.status, 402);
         let auth: Vec<_> =

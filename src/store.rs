@@ -78,6 +78,13 @@ pub fn take_one(store: &dyn SharedStore, key: &str, limit: u64) -> Result<bool, 
     })
 }
 
+/// Creates a use counter at zero before its first use. The proxy-wasm ABI has no create-if-absent:
+/// two workers creating a counter at the same instant could both count a first use. Created when
+/// the challenge is issued, the counter is only ever compare-and-swapped on redemption.
+pub fn create_counter(store: &dyn SharedStore, key: &str) -> Result<(), StoreError> {
+    store.set(key, &write_u64s([0]), None)
+}
+
 /// A token bucket of `burst` tokens refilled at `per_minute`; takes one token or tells how many
 /// seconds until one is available.
 pub fn take_token(
@@ -187,6 +194,18 @@ mod tests {
         assert_eq!(take_one(&store, "other", 1), Ok(true));
         *store.conflicts.borrow_mut() = CAS_ATTEMPTS;
         assert_eq!(take_one(&store, "new", 1), Err(StoreError::CasMismatch));
+    }
+
+    #[test]
+    fn a_counter_created_ahead_admits_one_of_two_racing_first_uses() {
+        let store = MemoryStore::default();
+        create_counter(&store, "c").unwrap();
+        // Both workers read the created counter, then both write: the second write loses its CAS.
+        let (_, seen) = store.get("c").unwrap();
+        assert!(seen.is_some());
+        assert_eq!(store.set("c", &write_u64s([1]), seen), Ok(()));
+        assert_eq!(store.set("c", &write_u64s([1]), seen), Err(StoreError::CasMismatch));
+        assert_eq!(take_one(&store, "c", 1), Ok(false));
     }
 
     #[test]

@@ -4,13 +4,17 @@
 
 mod paths;
 mod routes;
+mod schemes;
 
 pub use paths::{EncodedSlashes, Paths};
 use routes::RawRoute;
 pub use routes::{Access, Freebies, Glob, HostMatch, PathMatch, Route, Service};
+use schemes::RawPayment;
+pub use schemes::Schemes;
 
 use crate::l402::encoding::{hex_decode, hex_decode_array};
 use crate::l402::SecretRing;
+use crate::payment::IdKeys;
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -73,6 +77,9 @@ struct RawConfig {
     on_store_error: OnStoreError,
     #[serde(default)]
     paths: Paths,
+    schemes: Option<Vec<String>>,
+    #[serde(default)]
+    payment: RawPayment,
 }
 
 #[derive(Deserialize)]
@@ -304,11 +311,12 @@ impl UpstreamHeaders {
 #[serde(deny_unknown_fields, default)]
 struct RawChallenge {
     lsat_header: bool,
+    invalid_credential_status: u32,
 }
 
 impl Default for RawChallenge {
     fn default() -> RawChallenge {
-        RawChallenge { lsat_header: true }
+        RawChallenge { lsat_header: true, invalid_credential_status: 402 }
     }
 }
 
@@ -403,6 +411,13 @@ pub struct Config {
     pub fleet: Option<Fleet>,
     pub on_store_error: OnStoreError,
     pub paths: Paths,
+    /// The status of a 402 answering a refused L402 credential: 402 (clients retry with the fresh
+    /// challenge) or 401 (the revised L402 spec's word).
+    pub invalid_credential_status: u32,
+    /// Keys of the Payment scheme's challenge ids, derived from the secrets.
+    pub payment_keys: IdKeys,
+    /// The Payment challenge's realm; absent: the route's service.
+    pub payment_realm: Option<String>,
 }
 
 impl Config {
@@ -449,9 +464,11 @@ impl Config {
 
 /// Where the configuration has lists; anywhere else a list is refused, because serde would read an
 /// object's fields from a list in order and accept `"node": ["lnd", …]`.
-const LIST_FIELDS: [&str; 7] = [
+const LIST_FIELDS: [&str; 9] = [
     "secrets",
+    "schemes",
     "routes",
+    "routes[].schemes",
     "routes[].match.methods",
     "routes[].capabilities",
     "routes[].restrict.methods",
@@ -573,9 +590,10 @@ impl RawConfig {
         let pricing = self.pricing.map(RawPricing::validate).transpose()?;
         let fallback = pricing.as_ref().map(|p| p.on_error);
         let mut prices: HashMap<String, (Option<u64>, usize)> = HashMap::new();
+        let schemes = self.schemes.map(|names| Schemes::parse(&names, "schemes")).transpose()?.unwrap_or_default();
         let mut routes = Vec::with_capacity(self.routes.len());
         for (index, raw) in self.routes.into_iter().enumerate() {
-            let route = raw.validate(index, node.kind, fallback)?;
+            let route = raw.validate(index, node.kind, fallback, schemes)?;
             if let Access::Paid(service) = &route.access {
                 if let Some((price, first)) = prices.get(&service.name) {
                     if *price != service.price_msat {
@@ -610,6 +628,10 @@ impl RawConfig {
             return Err(ConfigError::new("client_network.ipv6_prefix", "must be 0-128"));
         }
         let upstream_headers = self.upstream_headers.validate()?;
+        if !matches!(self.challenge.invalid_credential_status, 401 | 402) {
+            return Err(ConfigError::new("challenge.invalid_credential_status", "must be 402 or 401"));
+        }
+        let payment_keys = IdKeys::derive(&secrets);
         Ok(Config {
             secrets,
             node: Node {
@@ -633,6 +655,9 @@ impl RawConfig {
             fleet: self.fleet.map(RawFleet::validate).transpose()?,
             on_store_error: self.on_store_error,
             paths: self.paths,
+            invalid_credential_status: self.challenge.invalid_credential_status,
+            payment_keys,
+            payment_realm: self.payment.realm()?,
         })
     }
 }

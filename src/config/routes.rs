@@ -1,6 +1,6 @@
 //! Route rules: what a request is matched on, and what a matching request must pay for.
 
-use super::{is_token_text, ConfigError, NodeKind, PricingFallback};
+use super::{is_token_text, ConfigError, NodeKind, PricingFallback, Schemes};
 use serde::Deserialize;
 
 /// Most segments in a glob pattern, to keep matching cheap.
@@ -25,6 +25,7 @@ pub(super) struct RawRoute {
     freebies: Option<Freebies>,
     #[serde(default)]
     dynamic_price: bool,
+    schemes: Option<Vec<String>>,
 }
 
 /// Requests a client network may make on a route before it is asked to pay.
@@ -174,6 +175,8 @@ pub struct Service {
     /// How many requests one token is good for; `None`: unlimited within its lifetime.
     pub uses: Option<u64>,
     pub freebies: Option<Freebies>,
+    /// The 402 dialects offered, for one invoice.
+    pub schemes: Schemes,
 }
 
 fn method_names(list: Option<Vec<String>>, field: impl Fn(usize) -> String) -> Result<Vec<String>, ConfigError> {
@@ -214,6 +217,7 @@ impl RawRoute {
         index: usize,
         node: NodeKind,
         pricing: Option<PricingFallback>,
+        default_schemes: Schemes,
     ) -> Result<Route, ConfigError> {
         let field = |name: &str| format!("routes[{index}].{name}");
         let m = self.matcher;
@@ -233,8 +237,9 @@ impl RawRoute {
         let host = m.host.map(|h| host_match(h, field("match.host"))).transpose()?;
 
         let access = if self.free {
-            if self.service.is_some() || self.price_sat.is_some() || self.price_msat.is_some() {
-                return Err(ConfigError::new(field("free"), "a free route has no service or price"));
+            if self.service.is_some() || self.price_sat.is_some() || self.price_msat.is_some() || self.schemes.is_some()
+            {
+                return Err(ConfigError::new(field("free"), "a free route has no service, price or schemes"));
             }
             Access::Free
         } else {
@@ -283,6 +288,20 @@ impl RawRoute {
             let restrict_path_prefix =
                 self.restrict.path_prefix.map(|p| checked_path(p, field("restrict.path_prefix"))).transpose()?;
             let restrict_methods = method_names(self.restrict.methods, |i| field(&format!("restrict.methods[{i}]")))?;
+            let schemes = match &self.schemes {
+                Some(names) => Schemes::parse(names, &field("schemes"))?,
+                None => default_schemes,
+            };
+            // The charge request states its amount in satoshis.
+            if schemes.payment && price_msat.is_some_and(|p| p % 1000 != 0) {
+                return Err(ConfigError::new(field("price_msat"), "the Payment scheme prices in whole satoshis"));
+            }
+            if !schemes.l402 && self.uses.is_some() {
+                return Err(ConfigError::new(
+                    field("uses"),
+                    "counts L402 token uses; a Payment charge buys one request",
+                ));
+            }
             if self.uses == Some(0) {
                 return Err(ConfigError::new(field("uses"), "must be at least 1 (omit it for unlimited use)"));
             }
@@ -301,6 +320,7 @@ impl RawRoute {
                 restrict_methods,
                 uses: self.uses,
                 freebies: self.freebies,
+                schemes,
             })
         };
         Ok(Route { path, methods, host, access })

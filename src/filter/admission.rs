@@ -10,6 +10,8 @@ use crate::l402::encoding::hex_encode;
 use crate::l402::Identifier;
 use crate::lightning::{settlement_request, NodeError};
 use crate::metrics::Counter;
+use crate::payment::receipt::receipt;
+use crate::payment::PaymentError;
 use crate::store;
 use proxy_wasm::types::Action;
 use std::rc::Rc;
@@ -22,6 +24,42 @@ pub(super) struct Admission {
     /// The price the token was bought at, for the metering header.
     pub(super) price_msat: Option<u64>,
     pub(super) from_authorization: bool,
+    /// The challenge id of a Payment-scheme charge, which buys one request.
+    pub(super) charge: Option<String>,
+}
+
+impl Admission {
+    /// How often the credential may pass, if limited: a charge once, a token as its route says.
+    fn limit(&self) -> Option<u64> {
+        if self.charge.is_some() {
+            Some(1)
+        } else {
+            self.service.uses
+        }
+    }
+
+    /// The counter of the credential's uses, in shared data.
+    fn local_key(&self) -> String {
+        match self.charge {
+            Some(_) => key("spent", &self.identifier.payment_hash),
+            None => key("uses", &self.identifier.token_id),
+        }
+    }
+
+    fn fleet_key(&self, prefix: &str) -> String {
+        match self.charge {
+            Some(_) => fleet::spent_key(prefix, &self.identifier.payment_hash),
+            None => fleet::uses_key(prefix, &self.identifier.token_id),
+        }
+    }
+
+    /// Why the credential is refused once its uses are spent.
+    fn exhausted(&self) -> Refusal {
+        match self.charge {
+            Some(_) => Refusal::Payment(PaymentError::Replayed),
+            None => Refusal::UsedUp,
+        }
+    }
 }
 
 /// Compare-and-swap rounds on a fleet use counter before the store counts as failing.
@@ -46,16 +84,16 @@ impl Http {
     }
 
     pub(super) fn count_use_and_hand_off(&mut self, admission: &Admission) -> Action {
-        let Some(limit) = admission.service.uses else { return self.pass(admission) };
+        let Some(limit) = admission.limit() else { return self.pass(admission) };
         let shared = Rc::clone(&self.shared);
         if let Some(fleet) = &shared.config.fleet {
-            let request = fleet::count_use(&fleet::uses_key(&fleet.prefix, &admission.identifier.token_id), None);
+            let request = fleet::count_use(&admission.fleet_key(&fleet.prefix), None);
             let waiting = Waiting::Usage { admission: admission.clone(), limit, attempt: 1 };
             return self.call(&fleet.endpoint, &request, waiting);
         }
-        match store::take_one(&HostStore, &key("uses", &admission.identifier.token_id), limit) {
+        match store::take_one(&HostStore, &admission.local_key(), limit) {
             Ok(true) => self.pass(admission),
-            Ok(false) => self.challenge(admission.service.clone(), Some(Refusal::UsedUp)),
+            Ok(false) => self.challenge(admission.service.clone(), Some(admission.exhausted())),
             Err(e) => self.store_failure(&e, Some(admission)),
         }
     }
@@ -73,11 +111,11 @@ impl Http {
         match answer {
             Ok(TxnOutcome::Counted) => self.pass(&admission),
             Ok(TxnOutcome::Changed(Seen { count, .. })) if count >= limit => {
-                self.challenge(admission.service, Some(Refusal::UsedUp))
+                let refusal = admission.exhausted();
+                self.challenge(admission.service, Some(refusal))
             }
             Ok(TxnOutcome::Changed(seen)) if attempt < FLEET_CAS_ATTEMPTS => {
-                let request =
-                    fleet::count_use(&fleet::uses_key(&fleet.prefix, &admission.identifier.token_id), Some(&seen));
+                let request = fleet::count_use(&admission.fleet_key(&fleet.prefix), Some(&seen));
                 self.call(
                     &fleet.endpoint,
                     &request,
@@ -89,9 +127,12 @@ impl Http {
         }
     }
 
-    pub(super) fn pass(&self, admission: &Admission) -> Action {
+    pub(super) fn pass(&mut self, admission: &Admission) -> Action {
         self.shared.count(Counter::Paid);
         self.hand_off(admission);
+        if let Some(challenge_id) = &admission.charge {
+            self.receipt = Some(receipt(challenge_id, &admission.identifier.payment_hash, host::now_unix()));
+        }
         Action::Continue
     }
 

@@ -1,7 +1,7 @@
 //! An unpaid request: a freebie, a rate-limit answer, or a price, an invoice from the node and a 402.
 
 use super::host::{self, HostStore};
-use super::http::{header, Http, Waiting};
+use super::http::{header, key, Http, Waiting};
 use crate::config::{PricingFallback, Service};
 use crate::gate::Refusal;
 use crate::l402::caveats::{METHODS_SUFFIX, PATH_PREFIX_SUFFIX, PATH_SUFFIX, PRICE_SUFFIX};
@@ -9,6 +9,8 @@ use crate::l402::encoding::{base64_encode, hex_encode};
 use crate::l402::{mint, Grant};
 use crate::lightning::{invoice_request, invoiceable_msat, InvoiceOrder, NodeError};
 use crate::metrics::Counter;
+use crate::payment::wire::rfc3339;
+use crate::payment::{charge_request, Binding, Params};
 use crate::policy::path_only;
 use crate::pricing::{price_request, Quote};
 use crate::response::{self, LocalResponse, Offer};
@@ -88,6 +90,10 @@ impl Http {
             return Action::Pause;
         };
         quote.price_msat = invoiceable_msat(config.node.kind, quote.price_msat);
+        if service.schemes.payment {
+            // The Payment scheme's charge request states whole satoshis.
+            quote.price_msat = quote.price_msat.div_ceil(1000).saturating_mul(1000);
+        }
         let label = hex_encode(&token_id);
         let memo = config.memo_for(&service.name);
         let order = InvoiceOrder {
@@ -154,15 +160,52 @@ impl Http {
             valid_until: quote.lifetime_s.or(service.lifetime_s).map(|life| host::now_unix().saturating_add(life)),
             constraints: &constraints,
         };
-        let macaroon = base64_encode(&mint(&config.secrets, &grant).encode());
+        let macaroon = service.schemes.l402.then(|| base64_encode(&mint(&config.secrets, &grant).encode()));
+        let payment = service.schemes.payment.then(|| self.payment_challenge(service, quote, payment_hash, invoice));
         let offer = Offer {
             service: &service.name,
             price_msat: quote.price_msat,
-            macaroon_b64: &macaroon,
+            macaroon_b64: macaroon.as_deref(),
+            payment: payment.as_deref(),
             invoice,
             expiry_s: config.invoice_expiry_s,
         };
         response::payment_required(config, &offer, refusal)
+    }
+
+    /// The Payment scheme's challenge for the invoice, expiring with it, bound to the service (and
+    /// to the method and path a quoted price was for).
+    fn payment_challenge(&self, service: &Service, quote: &Quote, payment_hash: [u8; 32], invoice: &str) -> String {
+        let config = &self.shared.config;
+        let binding = Binding {
+            service: service.name.clone(),
+            method: service.dynamic_price.then(|| self.method.clone()),
+            path: service.dynamic_price.then(|| path_only(&self.path).to_owned()),
+        };
+        let request =
+            charge_request(quote.price_msat.div_ceil(1000), &config.memo_for(&service.name), invoice, &payment_hash);
+        let expires = rfc3339(host::now_unix().saturating_add(u64::from(config.invoice_expiry_s)));
+        let realm = config.payment_realm.clone().unwrap_or_else(|| service.name.clone());
+        let mut params = Params::charge(realm, request, expires, &binding);
+        config.payment_keys.sign(&mut params);
+        params.header_value()
+    }
+
+    /// Creates the use counters a challenge's credentials will count on, in shared data, so that
+    /// redemption only compare-and-swaps (see `store::create_counter`). The fleet store needs none:
+    /// etcd creates a key only where it is absent.
+    pub(super) fn create_use_counters(&self, service: &Service, token_id: &[u8; 32], payment_hash: &[u8; 32]) {
+        if self.shared.config.fleet.is_some() {
+            return;
+        }
+        let charge = service.schemes.payment.then(|| key("spent", payment_hash));
+        let uses = (service.schemes.l402 && service.uses.is_some()).then(|| key("uses", token_id));
+        for counter in charge.iter().chain(&uses) {
+            if let Err(e) = store::create_counter(&HostStore, counter) {
+                self.shared.count(Counter::StoreErrors);
+                host::log(LogLevel::Warn, &format!("shared store: {e}"));
+            }
+        }
     }
 
     pub(super) fn node_failed(&self, error: &NodeError) {

@@ -11,6 +11,7 @@ use crate::gate::{self, Decision, Presented, Refusal, Routing};
 use crate::l402::encoding::hex_encode;
 use crate::lightning::{parse_invoice, parse_settlement, Callout, MAX_RESPONSE_BYTES};
 use crate::metrics::Counter;
+use crate::payment::receipt;
 use crate::policy::canonical_target;
 use crate::pricing::{parse_quote, Quote};
 use crate::response::{self, is_grpc, LocalResponse};
@@ -50,6 +51,8 @@ pub struct Http {
     /// An upstream answer to a request never admitted is being replaced, by this body.
     pub(super) replacing_body: bool,
     pub(super) withheld: Option<String>,
+    /// The `Payment-Receipt` of an admitted Payment-scheme charge, for the response.
+    pub(super) receipt: Option<String>,
 }
 
 pub(super) fn header(name: &str) -> Option<String> {
@@ -73,6 +76,7 @@ impl Http {
             call_failed: false,
             replacing_body: false,
             withheld: None,
+            receipt: None,
         }
     }
 
@@ -198,6 +202,7 @@ impl Context for Http {
                 match parse_invoice(config.node.kind, status, &body) {
                     Ok(invoice) => {
                         shared.count(Counter::ChallengesIssued);
+                        self.create_use_counters(&service, &token_id, &invoice.payment_hash);
                         let reply = self.payment_required(
                             &service,
                             &quote,
@@ -245,6 +250,14 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(receipt) = self.receipt.take() {
+            host::set_response_header(receipt::HEADER, Some(&receipt));
+            // A response that carries a receipt is the payer's alone, never a shared cache's.
+            if !host::response_header("cache-control").is_some_and(|v| v.contains("no-store") || v.contains("private"))
+            {
+                host::set_response_header("cache-control", Some("private"));
+            }
+        }
         if !self.admitted && !self.responded.get() {
             // Never happens where the host calls the filter back on every callout; an engine that
             // resumes a paused request by itself (Kong 3.4-3.8 when a call fails) must not leak the API.
@@ -322,8 +335,9 @@ impl Http {
             Decision::Paid { identifier, service, .. } if shared.is_revoked_in_fleet(&identifier.token_id) => {
                 self.challenge(service.clone(), Some(Refusal::Revoked))
             }
-            Decision::Paid { identifier, preimage_proven, service, price_msat } => {
-                let admission = Admission { identifier, service: service.clone(), price_msat, from_authorization };
+            Decision::Paid { identifier, preimage_proven, service, price_msat, charge } => {
+                let admission =
+                    Admission { identifier, service: service.clone(), price_msat, from_authorization, charge };
                 self.admit(admission, preimage_proven)
             }
             Decision::NoRoute => {

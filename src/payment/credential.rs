@@ -1,0 +1,223 @@
+//! The Payment credential for a Lightning charge: `Authorization: Payment <base64url JSON>` echoing
+//! the challenge and carrying the preimage. Verified with no storage and no call to the node: the
+//! challenge id proves we issued the echoed challenge, and the preimage proves its invoice was paid.
+
+use super::challenge::{Binding, IdKeys, Params, INTENT_CHARGE, METHOD_LIGHTNING, SCHEME};
+use super::wire::{base64url_decode, parse_rfc3339};
+use crate::l402::encoding::hex_decode_array;
+use core::fmt;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Longest `Authorization: Payment` value read: the echoed challenge holds a BOLT11 invoice twice
+/// encoded, a few kilobytes at most.
+pub const MAX_CREDENTIAL_HEADER: usize = 8192;
+
+/// Why a Payment credential does not open the route. `code()` is stable: it appears in responses
+/// and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentError {
+    Malformed(&'static str),
+    /// Another payment method or intent than a Lightning charge.
+    MethodUnsupported,
+    /// The challenge id does not bind the echoed parameters under any of our secrets.
+    InvalidChallenge,
+    Expired,
+    PreimageMismatch,
+    /// Issued for another service.
+    WrongService,
+    /// Issued at another price than the route asks.
+    WrongPrice,
+    /// A quoted price bought another method or path.
+    Restricted,
+    /// The charge was already spent: charge credentials are single-use.
+    Replayed,
+}
+
+impl PaymentError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            PaymentError::Malformed(_) => "malformed",
+            PaymentError::MethodUnsupported => "method_unsupported",
+            PaymentError::InvalidChallenge => "invalid_challenge",
+            PaymentError::Expired => "expired",
+            PaymentError::PreimageMismatch => "preimage_mismatch",
+            PaymentError::WrongService => "wrong_service",
+            PaymentError::WrongPrice => "wrong_price",
+            PaymentError::Restricted => "restricted",
+            PaymentError::Replayed => "replayed",
+        }
+    }
+}
+
+impl fmt::Display for PaymentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PaymentError::Malformed(why) => write!(f, "malformed Payment credential: {why}"),
+            PaymentError::MethodUnsupported => write!(f, "only the lightning method's charge intent is accepted"),
+            PaymentError::InvalidChallenge => write!(f, "the echoed challenge was not issued by this gateway"),
+            PaymentError::Expired => write!(f, "the challenge has expired"),
+            PaymentError::PreimageMismatch => write!(f, "the preimage does not match the invoice's payment hash"),
+            PaymentError::WrongService => write!(f, "the challenge was issued for another service"),
+            PaymentError::WrongPrice => write!(f, "the challenge was issued at another price"),
+            PaymentError::Restricted => write!(f, "the challenge was issued for another method or path"),
+            PaymentError::Replayed => write!(f, "the charge was already used: a charge credential buys one request"),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawCredential {
+    challenge: Params,
+    payload: Payload,
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    preimage: String,
+}
+
+#[derive(Deserialize)]
+struct ChargeRequest {
+    amount: String,
+    currency: String,
+    #[serde(rename = "methodDetails")]
+    method_details: MethodDetails,
+}
+
+#[derive(Deserialize)]
+struct MethodDetails {
+    #[serde(rename = "paymentHash")]
+    payment_hash: String,
+}
+
+/// A verified charge: the echoed challenge was ours, is unexpired, and its invoice was paid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    pub challenge_id: String,
+    pub payment_hash: [u8; 32],
+    pub amount_sat: u64,
+    pub binding: Binding,
+}
+
+/// Whether an `Authorization` value uses the Payment scheme (in any case).
+pub fn is_payment_authorization(value: &str) -> bool {
+    token(value).is_some()
+}
+
+fn token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case(SCHEME).then(|| rest.trim())
+}
+
+/// Parses and verifies a Payment credential at `now` (Unix seconds). The route's own checks (its
+/// service, price, method and path) are the caller's, on the returned [`Charge`].
+pub fn verify(keys: &IdKeys, value: &str, now: u64) -> Result<Charge, PaymentError> {
+    if value.len() > MAX_CREDENTIAL_HEADER {
+        return Err(PaymentError::Malformed("credential header too long"));
+    }
+    let token = token(value).filter(|t| !t.is_empty()).ok_or(PaymentError::Malformed("no credential"))?;
+    let json = base64url_decode(token).ok_or(PaymentError::Malformed("credential is not base64url"))?;
+    let credential: RawCredential =
+        serde_json::from_slice(&json).map_err(|_| PaymentError::Malformed("credential is not the expected JSON"))?;
+    let challenge = credential.challenge;
+    if challenge.method != METHOD_LIGHTNING || challenge.intent != INTENT_CHARGE {
+        return Err(PaymentError::MethodUnsupported);
+    }
+    if !keys.verify(&challenge) {
+        return Err(PaymentError::InvalidChallenge);
+    }
+    // Every challenge we issue expires; one without expiry was never ours.
+    let expires = parse_rfc3339(&challenge.expires).ok_or(PaymentError::Malformed("expires"))?;
+    if now >= expires {
+        return Err(PaymentError::Expired);
+    }
+    let request = decode_json::<ChargeRequest>(&challenge.request).ok_or(PaymentError::Malformed("request"))?;
+    let binding = decode_json::<Binding>(&challenge.opaque).ok_or(PaymentError::Malformed("opaque"))?;
+    let payment_hash = hex_decode_array::<32>(&request.method_details.payment_hash)
+        .ok_or(PaymentError::Malformed("methodDetails.paymentHash"))?;
+    let amount_sat = Some(request.amount.as_str())
+        .filter(|a| request.currency == "sat" && !a.starts_with('0') && a.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|a| a.parse::<u64>().ok())
+        .ok_or(PaymentError::Malformed("amount"))?;
+    let preimage = hex_decode_array::<32>(&credential.payload.preimage)
+        .ok_or(PaymentError::Malformed("payload.preimage must be 32 bytes of hex"))?;
+    let hashed: [u8; 32] = Sha256::digest(preimage).into();
+    if !bool::from(hashed.ct_eq(&payment_hash)) {
+        return Err(PaymentError::PreimageMismatch);
+    }
+    Ok(Charge { challenge_id: challenge.id, payment_hash, amount_sat, binding })
+}
+
+fn decode_json<T: for<'de> Deserialize<'de>>(param: &str) -> Option<T> {
+    serde_json::from_slice(&base64url_decode(param)?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::challenge::charge_request;
+    use super::super::wire::{base64url_encode, rfc3339};
+    use super::*;
+    use serde_json::json;
+
+    const PREIMAGE: [u8; 32] = [7; 32];
+    const NOW: u64 = 1_800_000_000;
+
+    fn keys() -> IdKeys {
+        IdKeys::new([&[1u8; 32][..]])
+    }
+
+    fn challenge(keys: &IdKeys, expires: u64) -> Params {
+        let hash: [u8; 32] = Sha256::digest(PREIMAGE).into();
+        let mut p = Params {
+            realm: "weather".into(),
+            method: METHOD_LIGHTNING.into(),
+            intent: INTENT_CHARGE.into(),
+            request: charge_request(10, "", "lnbcrt100n1x", &hash),
+            expires: rfc3339(expires),
+            opaque: Binding { service: "weather".into(), ..Binding::default() }.encode(),
+            ..Params::default()
+        };
+        p.id = keys.id(&p);
+        p
+    }
+
+    fn header(challenge: &Params, preimage: &str) -> String {
+        let json = json!({ "challenge": challenge, "payload": { "preimage": preimage } });
+        format!("Payment {}", base64url_encode(json.to_string().as_bytes()))
+    }
+
+    #[test]
+    fn a_paid_charge_verifies() {
+        let keys = keys();
+        let c = challenge(&keys, NOW + 60);
+        let charge = verify(&keys, &header(&c, &"07".repeat(32)), NOW).unwrap();
+        assert_eq!(charge.amount_sat, 10);
+        assert_eq!(charge.binding.service, "weather");
+        assert_eq!(charge.challenge_id, c.id);
+        assert!(verify(&keys, &header(&c, &"07".repeat(32)).replacen("Payment", "payment", 1), NOW).is_ok());
+    }
+
+    #[test]
+    fn each_fault_has_its_reason() {
+        let keys = keys();
+        let good = challenge(&keys, NOW + 60);
+        let pre = "07".repeat(32);
+        let check = |value: String| verify(&keys, &value, NOW).map(drop).map_err(|e| e.code());
+        assert_eq!(check(header(&challenge(&keys, NOW), &pre)), Err("expired"));
+        assert_eq!(check(header(&good, &"08".repeat(32))), Err("preimage_mismatch"));
+        assert_eq!(check(header(&good, "07")), Err("malformed"));
+        assert_eq!(check(header(&challenge(&IdKeys::new([&[2u8; 32][..]]), NOW + 60), &pre)), Err("invalid_challenge"));
+        let mut tampered = good.clone();
+        tampered.opaque = Binding { service: "admin".into(), ..Binding::default() }.encode();
+        assert_eq!(check(header(&tampered, &pre)), Err("invalid_challenge"));
+        let mut session = good.clone();
+        session.intent = "session".into();
+        assert_eq!(check(header(&session, &pre)), Err("method_unsupported"));
+        for garbage in ["Payment", "Payment !!!", "Payment e30", &format!("Payment {}", "A".repeat(9000))] {
+            assert_eq!(check(garbage.to_owned()), Err("malformed"), "{garbage}");
+        }
+        assert!(!is_payment_authorization("L402 abc:def"));
+    }
+}
