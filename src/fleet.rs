@@ -17,11 +17,6 @@ pub fn uses_key(prefix: &str, token_id: &[u8; 32]) -> String {
     format!("{prefix}uses/{}", hex_encode(token_id))
 }
 
-/// The single-use record of a Payment-scheme charge, by its payment hash.
-pub fn spent_key(prefix: &str, payment_hash: &[u8; 32]) -> String {
-    format!("{prefix}spent/{}", hex_encode(payment_hash))
-}
-
 pub fn revoked_prefix(prefix: &str) -> String {
     format!("{prefix}revoked/")
 }
@@ -33,16 +28,13 @@ pub struct Seen {
     pub mod_revision: String,
 }
 
-/// One compare-and-swap step on a use counter: if it is still as `seen`, write `seen + 1`;
-/// otherwise read it back.
-pub fn count_use(key: &str, seen: Option<&Seen>) -> Callout {
+/// One compare-and-swap step on a use counter: if it is still as `seen`, write `next` (one more
+/// use, or every use of the purchase at once); otherwise read it back.
+pub fn count_use(key: &str, seen: Option<&Seen>, next: u64) -> Callout {
     let key64 = base64_encode(key.as_bytes());
-    let (compare, next) = match seen {
-        None => (json!({ "key": key64, "result": "EQUAL", "target": "VERSION", "version": "0" }), 1),
-        Some(s) => (
-            json!({ "key": key64, "result": "EQUAL", "target": "MOD", "mod_revision": s.mod_revision }),
-            s.count.saturating_add(1),
-        ),
+    let compare = match seen {
+        None => json!({ "key": key64, "result": "EQUAL", "target": "VERSION", "version": "0" }),
+        Some(s) => json!({ "key": key64, "result": "EQUAL", "target": "MOD", "mod_revision": s.mod_revision }),
     };
     let txn = json!({
         "compare": [compare],
@@ -159,10 +151,10 @@ mod tests {
     fn first_use_creates_the_counter_later_ones_compare_the_revision() {
         let key = uses_key("/l402/", &[1; 32]);
         assert!(key.starts_with("/l402/uses/0101"));
-        let first = body(&count_use(&key, None));
+        let first = body(&count_use(&key, None, 1));
         assert_eq!(first["compare"][0]["target"], "VERSION");
         assert_eq!(first["success"][0]["request_put"]["value"], base64_encode(b"1"));
-        let later = body(&count_use(&key, Some(&Seen { count: 2, mod_revision: "17".into() })));
+        let later = body(&count_use(&key, Some(&Seen { count: 2, mod_revision: "17".into() }), 3));
         assert_eq!(later["compare"][0]["mod_revision"], "17");
         assert_eq!(later["success"][0]["request_put"]["value"], base64_encode(b"3"));
     }

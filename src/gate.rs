@@ -78,8 +78,7 @@ pub enum Decision<'c> {
     Free,
     /// A valid credential for the route. Use limits and settlement checks (strict mode, or a
     /// credential without preimage) still apply before the request may pass. A Payment-scheme
-    /// charge is identified by its payment hash (as payment hash and token id) and its challenge id,
-    /// and buys one request.
+    /// charge carries the token id of its purchase and its challenge id, and buys one request.
     Paid {
         identifier: Identifier,
         preimage_proven: bool,
@@ -312,11 +311,11 @@ fn decide_charge<'c>(
         Ok(charge) => charge,
         Err(e) => return Decision::Challenge { service, refusal: Some(Refusal::Payment(e)) },
     };
-    if config.revoked.contains(&charge.payment_hash) {
+    if config.revoked.contains(&charge.token_id) {
         return Decision::Challenge { service, refusal: Some(Refusal::Revoked) };
     }
     Decision::Paid {
-        identifier: Identifier { payment_hash: charge.payment_hash, token_id: charge.payment_hash },
+        identifier: Identifier { payment_hash: charge.payment_hash, token_id: charge.token_id },
         preimage_proven: true,
         service,
         price_msat: Some(charge.amount_sat.saturating_mul(1000)),

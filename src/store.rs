@@ -78,6 +78,15 @@ pub fn take_one(store: &dyn SharedStore, key: &str, limit: u64) -> Result<bool, 
     })
 }
 
+/// Takes every use of a purchase at once, and only if none was taken: a Payment-scheme charge is
+/// single-use, and spends an L402 token bought with the same invoice. `Ok(false)` when any use was.
+pub fn take_all(store: &dyn SharedStore, key: &str, limit: u64) -> Result<bool, StoreError> {
+    update::<1, bool>(store, key, |stored| match stored.unwrap_or_default() {
+        [0] => (Some([limit.max(1)]), true),
+        _ => (None, false),
+    })
+}
+
 /// Creates a use counter at zero before its first use. The proxy-wasm ABI has no create-if-absent:
 /// two workers creating a counter at the same instant could both count a first use. Created when
 /// the challenge is issued, the counter is only ever compare-and-swapped on redemption.
@@ -194,6 +203,16 @@ mod tests {
         assert_eq!(take_one(&store, "other", 1), Ok(true));
         *store.conflicts.borrow_mut() = CAS_ATTEMPTS;
         assert_eq!(take_one(&store, "new", 1), Err(StoreError::CasMismatch));
+    }
+
+    #[test]
+    fn a_charge_takes_a_purchase_whole_and_only_unused() {
+        let store = MemoryStore::default();
+        assert_eq!(take_all(&store, "fresh", 3), Ok(true));
+        assert_eq!(take_one(&store, "fresh", 3), Ok(false), "the token of the same purchase is spent");
+        assert_eq!(take_all(&store, "fresh", 3), Ok(false), "a replay");
+        assert_eq!(take_one(&store, "used", 3), Ok(true));
+        assert_eq!(take_all(&store, "used", 3), Ok(false), "the token was used first");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use super::host::{self, Host, HostStore};
 use super::http::{key, Http, Waiting};
 use crate::config::Service;
-use crate::fleet::{self, Seen, TxnOutcome};
+use crate::fleet::{self, TxnOutcome};
 use crate::gate::Refusal;
 use crate::l402::encoding::hex_encode;
 use crate::l402::Identifier;
@@ -29,31 +29,25 @@ pub(super) struct Admission {
 }
 
 impl Admission {
-    /// How often the credential may pass, if limited: a charge once, a token as its route says.
+    /// How many requests the purchase is good for, if limited. One invoice buys one purchase,
+    /// whichever dialect presents it: a charge takes all of it at once (it is single-use, and
+    /// spends the L402 token of the same invoice), a token one use at a time.
     fn limit(&self) -> Option<u64> {
-        if self.charge.is_some() {
-            Some(1)
-        } else {
-            self.service.uses
-        }
-    }
-
-    /// The counter of the credential's uses, in shared data.
-    fn local_key(&self) -> String {
         match self.charge {
-            Some(_) => key("spent", &self.identifier.payment_hash),
-            None => key("uses", &self.identifier.token_id),
+            Some(_) => Some(self.service.uses.unwrap_or(1)),
+            None => self.service.uses,
         }
     }
 
-    fn fleet_key(&self, prefix: &str) -> String {
+    /// The use count after this request, from the count before it; `None` when it may not pass.
+    fn next_count(&self, count: u64, limit: u64) -> Option<u64> {
         match self.charge {
-            Some(_) => fleet::spent_key(prefix, &self.identifier.payment_hash),
-            None => fleet::uses_key(prefix, &self.identifier.token_id),
+            Some(_) => (count == 0).then_some(limit),
+            None => (count < limit).then(|| count.saturating_add(1)),
         }
     }
 
-    /// Why the credential is refused once its uses are spent.
+    /// Why the credential is refused once its purchase is spent.
     fn exhausted(&self) -> Refusal {
         match self.charge {
             Some(_) => Refusal::Payment(PaymentError::Replayed),
@@ -86,12 +80,19 @@ impl Http {
     pub(super) fn count_use_and_hand_off(&mut self, admission: &Admission) -> Action {
         let Some(limit) = admission.limit() else { return self.pass(admission) };
         let shared = Rc::clone(&self.shared);
+        let token_id = &admission.identifier.token_id;
         if let Some(fleet) = &shared.config.fleet {
-            let request = fleet::count_use(&admission.fleet_key(&fleet.prefix), None);
+            let Some(next) = admission.next_count(0, limit) else { return self.pass(admission) };
+            let request = fleet::count_use(&fleet::uses_key(&fleet.prefix, token_id), None, next);
             let waiting = Waiting::Usage { admission: admission.clone(), limit, attempt: 1 };
             return self.call(&fleet.endpoint, &request, waiting);
         }
-        match store::take_one(&HostStore, &admission.local_key(), limit) {
+        let counter = key("uses", token_id);
+        let taken = match admission.charge {
+            Some(_) => store::take_all(&HostStore, &counter, limit),
+            None => store::take_one(&HostStore, &counter, limit),
+        };
+        match taken {
             Ok(true) => self.pass(admission),
             Ok(false) => self.challenge(admission.service.clone(), Some(admission.exhausted())),
             Err(e) => self.store_failure(&e, Some(admission)),
@@ -110,12 +111,14 @@ impl Http {
         let Some(fleet) = &shared.config.fleet else { return Action::Pause };
         match answer {
             Ok(TxnOutcome::Counted) => self.pass(&admission),
-            Ok(TxnOutcome::Changed(Seen { count, .. })) if count >= limit => {
+            Ok(TxnOutcome::Changed(seen)) if admission.next_count(seen.count, limit).is_none() => {
                 let refusal = admission.exhausted();
                 self.challenge(admission.service, Some(refusal))
             }
             Ok(TxnOutcome::Changed(seen)) if attempt < FLEET_CAS_ATTEMPTS => {
-                let request = fleet::count_use(&admission.fleet_key(&fleet.prefix), Some(&seen));
+                let next = admission.next_count(seen.count, limit).unwrap_or(limit);
+                let key = fleet::uses_key(&fleet.prefix, &admission.identifier.token_id);
+                let request = fleet::count_use(&key, Some(&seen), next);
                 self.call(
                     &fleet.endpoint,
                     &request,

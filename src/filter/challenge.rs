@@ -161,7 +161,8 @@ impl Http {
             constraints: &constraints,
         };
         let macaroon = service.schemes.l402.then(|| base64_encode(&mint(&config.secrets, &grant).encode()));
-        let payment = service.schemes.payment.then(|| self.payment_challenge(service, quote, payment_hash, invoice));
+        let payment =
+            service.schemes.payment.then(|| self.payment_challenge(service, quote, token_id, payment_hash, invoice));
         let offer = Offer {
             service: &service.name,
             price_msat: quote.price_msat,
@@ -175,10 +176,18 @@ impl Http {
 
     /// The Payment scheme's challenge for the invoice, expiring with it, bound to the service (and
     /// to the method and path a quoted price was for).
-    fn payment_challenge(&self, service: &Service, quote: &Quote, payment_hash: [u8; 32], invoice: &str) -> String {
+    fn payment_challenge(
+        &self,
+        service: &Service,
+        quote: &Quote,
+        token_id: [u8; 32],
+        payment_hash: [u8; 32],
+        invoice: &str,
+    ) -> String {
         let config = &self.shared.config;
         let binding = Binding {
             service: service.name.clone(),
+            token_id: hex_encode(&token_id),
             method: service.dynamic_price.then(|| self.method.clone()),
             path: service.dynamic_price.then(|| path_only(&self.path).to_owned()),
         };
@@ -191,20 +200,17 @@ impl Http {
         params.header_value()
     }
 
-    /// Creates the use counters a challenge's credentials will count on, in shared data, so that
+    /// Creates the use counter a challenge's credentials will count on, in shared data, so that
     /// redemption only compare-and-swaps (see `store::create_counter`). The fleet store needs none:
     /// etcd creates a key only where it is absent.
-    pub(super) fn create_use_counters(&self, service: &Service, token_id: &[u8; 32], payment_hash: &[u8; 32]) {
-        if self.shared.config.fleet.is_some() {
+    pub(super) fn create_use_counter(&self, service: &Service, token_id: &[u8; 32]) {
+        let counted = service.schemes.payment || service.uses.is_some();
+        if !counted || self.shared.config.fleet.is_some() {
             return;
         }
-        let charge = service.schemes.payment.then(|| key("spent", payment_hash));
-        let uses = (service.schemes.l402 && service.uses.is_some()).then(|| key("uses", token_id));
-        for counter in charge.iter().chain(&uses) {
-            if let Err(e) = store::create_counter(&HostStore, counter) {
-                self.shared.count(Counter::StoreErrors);
-                host::log(LogLevel::Warn, &format!("shared store: {e}"));
-            }
+        if let Err(e) = store::create_counter(&HostStore, &key("uses", token_id)) {
+            self.shared.count(Counter::StoreErrors);
+            host::log(LogLevel::Warn, &format!("shared store: {e}"));
         }
     }
 

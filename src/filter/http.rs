@@ -202,7 +202,7 @@ impl Context for Http {
                 match parse_invoice(config.node.kind, status, &body) {
                     Ok(invoice) => {
                         shared.count(Counter::ChallengesIssued);
-                        self.create_use_counters(&service, &token_id, &invoice.payment_hash);
+                        self.create_use_counter(&service, &token_id);
                         let reply = self.payment_required(
                             &service,
                             &quote,

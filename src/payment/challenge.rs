@@ -163,11 +163,15 @@ pub fn charge_request(amount_sat: u64, description: &str, invoice: &str, payment
     base64url_encode(canonical(&request).as_bytes())
 }
 
-/// What a challenge was issued for, carried in `opaque`: the service, and for a quoted price the
-/// method and path the quote was for (a cheap path's charge cannot buy an expensive one).
+/// What a challenge was issued for, carried in `opaque`: the service; the token id of the purchase,
+/// shared with the L402 token minted for the same invoice, so that both dialects draw on one use
+/// count; and for a quoted price the method and path the quote was for (a cheap path's charge
+/// cannot buy an expensive one).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Binding {
     pub service: String,
+    /// Hex.
+    pub token_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -249,7 +253,15 @@ mod tests {
 
     #[test]
     fn bindings_are_canonical() {
-        let b = Binding { service: "weather".into(), method: Some("GET".into()), path: Some("/v1/x".into()) };
-        assert_eq!(base64url_decode(&b.encode()).unwrap(), br#"{"method":"GET","path":"/v1/x","service":"weather"}"#);
+        let b = Binding {
+            service: "weather".into(),
+            token_id: "ab".into(),
+            method: Some("GET".into()),
+            path: Some("/v1/x".into()),
+        };
+        assert_eq!(
+            base64url_decode(&b.encode()).unwrap(),
+            br#"{"method":"GET","path":"/v1/x","service":"weather","token_id":"ab"}"#
+        );
     }
 }

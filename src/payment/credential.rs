@@ -97,6 +97,8 @@ struct MethodDetails {
 pub struct Charge {
     pub challenge_id: String,
     pub payment_hash: [u8; 32],
+    /// The purchase's token id (see [`Binding`]).
+    pub token_id: [u8; 32],
     pub amount_sat: u64,
     pub binding: Binding,
 }
@@ -137,6 +139,7 @@ pub fn verify(keys: &IdKeys, value: &str, now: u64) -> Result<Charge, PaymentErr
     let binding = decode_json::<Binding>(&challenge.opaque).ok_or(PaymentError::Malformed("opaque"))?;
     let payment_hash = hex_decode_array::<32>(&request.method_details.payment_hash)
         .ok_or(PaymentError::Malformed("methodDetails.paymentHash"))?;
+    let token_id = hex_decode_array::<32>(&binding.token_id).ok_or(PaymentError::Malformed("opaque token_id"))?;
     let amount_sat = Some(request.amount.as_str())
         .filter(|a| request.currency == "sat" && !a.starts_with('0') && a.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|a| a.parse::<u64>().ok())
@@ -147,7 +150,7 @@ pub fn verify(keys: &IdKeys, value: &str, now: u64) -> Result<Charge, PaymentErr
     if !bool::from(hashed.ct_eq(&payment_hash)) {
         return Err(PaymentError::PreimageMismatch);
     }
-    Ok(Charge { challenge_id: challenge.id, payment_hash, amount_sat, binding })
+    Ok(Charge { challenge_id: challenge.id, payment_hash, token_id, amount_sat, binding })
 }
 
 fn decode_json<T: for<'de> Deserialize<'de>>(param: &str) -> Option<T> {
@@ -176,11 +179,15 @@ mod tests {
             intent: INTENT_CHARGE.into(),
             request: charge_request(10, "", "lnbcrt100n1x", &hash),
             expires: rfc3339(expires),
-            opaque: Binding { service: "weather".into(), ..Binding::default() }.encode(),
+            opaque: binding("weather").encode(),
             ..Params::default()
         };
         p.id = keys.id(&p);
         p
+    }
+
+    fn binding(service: &str) -> Binding {
+        Binding { service: service.into(), token_id: "04".repeat(32), ..Binding::default() }
     }
 
     fn header(challenge: &Params, preimage: &str) -> String {
@@ -195,6 +202,7 @@ mod tests {
         let charge = verify(&keys, &header(&c, &"07".repeat(32)), NOW).unwrap();
         assert_eq!(charge.amount_sat, 10);
         assert_eq!(charge.binding.service, "weather");
+        assert_eq!(charge.token_id, [4; 32]);
         assert_eq!(charge.challenge_id, c.id);
         assert!(verify(&keys, &header(&c, &"07".repeat(32)).replacen("Payment", "payment", 1), NOW).is_ok());
     }
@@ -210,7 +218,7 @@ mod tests {
         assert_eq!(check(header(&good, "07")), Err("malformed"));
         assert_eq!(check(header(&challenge(&IdKeys::new([&[2u8; 32][..]]), NOW + 60), &pre)), Err("invalid_challenge"));
         let mut tampered = good.clone();
-        tampered.opaque = Binding { service: "admin".into(), ..Binding::default() }.encode();
+        tampered.opaque = binding("admin").encode();
         assert_eq!(check(header(&tampered, &pre)), Err("invalid_challenge"));
         let mut session = good.clone();
         session.intent = "session".into();
