@@ -1,93 +1,291 @@
 //! `l402`: the operator's command line. Mint tokens (free trials, tests), inspect and verify them,
 //! and check a filter configuration before deploying it. Secrets are read from a file or an
 //! environment variable, never from the command line, where other users could see them.
+//!
+//! Exit statuses: 0 done or valid, 1 refused (a token or a configuration), 2 usage error (bad
+//! arguments, no secret, an unreadable file). clap exits 2 itself on arguments it cannot parse.
 
+// The same standard as the library: operator input must never make the tool panic.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::unreachable,
+        clippy::todo
+    )
+)]
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap_complete::Shell;
 use l402::config::{parse_secret_list, Config, ConfigError};
-use l402::l402::encoding::{base64_encode, hex_decode, hex_decode_array, hex_encode};
+use l402::l402::encoding::{base64_decode, base64_encode, hex_decode, hex_decode_array, hex_encode};
 use l402::l402::header::{is_l402_authorization, parse_authorization, parse_macaroon_header};
 use l402::l402::{mint, verify, Credential, Grant, Identifier, Macaroon, Requirement, SecretRing, VerifyError};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use std::io::Read;
+use std::env::VarError;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-const USAGE: &str = "usage:
-  l402 token mint --service NAME [--payment-hash HEX] [--token-id HEX] [--capability CAP]...
-                  [--lifetime-s N | --valid-until UNIX] [--constraint KEY=VALUE]... [SECRET] [--json]
-      Without --payment-hash a random preimage is drawn and the full credential printed.
-  l402 token inspect [TOKEN|-] [--json]
-      TOKEN: a base64 or hex macaroon, or an `L402 <macaroon>:<preimage>` credential.
-  l402 token verify --service NAME [--capability CAP]... [--now UNIX] [--method M] [--path P] [SECRET] [--json]
-      Reads the credential (`L402 <macaroon>:<preimage>`, or a hex macaroon with a preimage
-      caveat) from standard input. Exit status 0 when valid, 1 when refused.
-  l402 config check FILE [--kong-conf KONG_CONF] [--json]
-      Validates a filter configuration; {\"env\": NAME} sources are read from this environment.
-      With --kong-conf, also checks that Kong's configuration gives the filter what it needs.
-
-SECRET: --secret-file PATH | --secret-env VAR (default: --secret-env L402_SECRETS); the value is one
-or more hex secrets separated by commas or whitespace, the first mints and all verify.";
-
-/// Exit statuses: refused token or invalid config, and bad usage.
+/// A refused token or an invalid configuration.
 const REFUSED: u8 = 1;
+/// Bad arguments, no secret, an unreadable input: the command could not reach a verdict.
 const USAGE_ERROR: u8 = 2;
+const DEFAULT_SECRET_ENV: &str = "L402_SECRETS";
 
-struct Args {
-    positional: Vec<String>,
-    options: Vec<(String, String)>,
+/// `Err` when a command cannot reach a verdict (bad input, no secret): one line, exit status 2.
+type CliResult<T> = Result<T, String>;
+
+/// The operator's tool for the l402 paywall filter: mint, inspect and verify L402 tokens, and
+/// check a filter configuration before deploying it.
+#[derive(Parser)]
+#[command(name = "l402", version)]
+#[command(after_help = "Exit status: 0 done or valid, 1 refused (token or configuration), 2 usage error.")]
+// The hand-written parser kept the last of a repeated option; so does this one.
+#[command(args_override_self = true)]
+struct Cli {
+    #[command(subcommand)]
+    group: Group,
+}
+
+/// The subcommand groups: a new one is a variant here and an arm in `run`.
+#[derive(Subcommand)]
+enum Group {
+    /// Mint, inspect and verify tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Check a filter configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a shell completion script.
+    Completions(Completions),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    Mint(Mint),
+    Inspect(Inspect),
+    Verify(Verify),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    Check(Check),
+}
+
+/// Mint a token (a free trial, a test).
+///
+/// Without --payment-hash, a random preimage is drawn and the whole credential
+/// `L402 <macaroon>:<preimage>` printed; with it, only the macaroon for that invoice.
+#[derive(Args)]
+#[command(after_help = "Examples:
+  l402 token mint --service weather --lifetime-s 86400
+  l402 token mint --service weather --payment-hash <hex> --capability read --constraint tier=gold")]
+struct Mint {
+    /// The service the token is for.
+    #[arg(long, value_name = "NAME")]
+    service: String,
+    /// The payment hash of an invoice you created (32 bytes of hex).
+    #[arg(long, value_name = "HEX", value_parser = hex32)]
+    payment_hash: Option<[u8; 32]>,
+    /// The token id (32 bytes of hex) [default: random].
+    #[arg(long, value_name = "HEX", value_parser = hex32)]
+    token_id: Option<[u8; 32]>,
+    /// A capability the token grants; repeat for several.
+    #[arg(long = "capability", value_name = "CAP")]
+    capabilities: Vec<String>,
+    /// The token expires this many seconds from now [default: never].
+    #[arg(long, value_name = "SECONDS", conflicts_with = "valid_until")]
+    lifetime_s: Option<u64>,
+    /// The token expires at this Unix time [default: never].
+    #[arg(long, value_name = "UNIX")]
+    valid_until: Option<u64>,
+    /// An extra `KEY=VALUE` caveat; repeat for several.
+    #[arg(long = "constraint", value_name = "KEY=VALUE", value_parser = key_value)]
+    constraints: Vec<(String, String)>,
+    /// Print a JSON object: the token's fields, `macaroon`, and `preimage` and `authorization`
+    /// when a preimage was drawn.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    secrets: SecretSource,
+}
+
+/// Show a token's identifier, caveats and signature.
+///
+/// Needs no secret and verifies nothing.
+#[derive(Args)]
+struct Inspect {
+    /// A base64 or hex macaroon, or an `L402 <macaroon>:<preimage>` credential; `-` or none reads
+    /// standard input.
+    #[arg(value_name = "TOKEN")]
+    token: Option<String>,
+    /// Print the description on one line instead of indented.
+    #[arg(long)]
     json: bool,
 }
 
-impl Args {
-    fn parse(raw: impl Iterator<Item = String>) -> Result<Args, String> {
-        let mut args = Args { positional: Vec::new(), options: Vec::new(), json: false };
-        let mut raw = raw.peekable();
-        while let Some(arg) = raw.next() {
-            if arg == "--json" {
-                args.json = true;
-            } else if let Some(name) = arg.strip_prefix("--") {
-                let value = raw.next().ok_or_else(|| format!("--{name} needs a value"))?;
-                args.options.push((name.to_owned(), value));
-            } else {
-                args.positional.push(arg);
-            }
+/// Verify a credential as the filter would.
+///
+/// Exit status 0 when valid, 1 when refused (with the reason).
+#[derive(Args)]
+#[command(after_help = "Example:
+  echo 'L402 AgEE…:…' | l402 token verify --service weather --capability read")]
+struct Verify {
+    /// The credential; `-` or none reads standard input.
+    ///
+    /// `L402 <macaroon>:<preimage>` (an `Authorization:` header name may precede it), or a hex
+    /// macaroon with a preimage caveat. Standard input is the usual way: it keeps the credential
+    /// out of the process list.
+    #[arg(value_name = "CREDENTIAL")]
+    credential: Option<String>,
+    /// The service the request is for.
+    #[arg(long, value_name = "NAME")]
+    service: String,
+    /// A capability the request needs; repeat for several.
+    #[arg(long = "capability", value_name = "CAP")]
+    capabilities: Vec<String>,
+    /// Verify at this Unix time [default: now].
+    #[arg(long, value_name = "UNIX")]
+    now: Option<u64>,
+    /// The request's method, for a `<service>_methods` caveat.
+    #[arg(long, value_name = "METHOD", default_value = "GET")]
+    method: String,
+    /// The request's path, for `<service>_path` and `<service>_path_prefix` caveats.
+    #[arg(long, value_name = "PATH", default_value = "/")]
+    path: String,
+    /// Print a JSON object: `valid`, then `token_id`, `payment_hash` and `caveats`, or `reason` and
+    /// `detail`.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    secrets: SecretSource,
+}
+
+/// Validate a filter configuration.
+///
+/// Exit status 0 when valid, 1 with the field that is wrong.
+#[derive(Args)]
+#[command(after_help = "Example:
+  l402 config check --kong-conf kong.conf config.json")]
+struct Check {
+    /// The filter's JSON configuration; its {"env": NAME} sources are read from this environment.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// Kong's kong.conf: also check that it gives the filter what it needs (the default
+    /// shared-memory zone when the configuration keeps state in shared data).
+    #[arg(long, value_name = "KONG_CONF")]
+    kong_conf: Option<PathBuf>,
+    /// Print a JSON object: `valid`, then `routes`, or `field` and `message`.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Print a completion script for a shell.
+#[derive(Args)]
+#[command(after_help = "Examples:
+  l402 completions bash > ~/.local/share/bash-completion/completions/l402
+  l402 completions zsh > ~/.zfunc/_l402     # with fpath+=(~/.zfunc) before compinit
+  l402 completions fish > ~/.config/fish/completions/l402.fish")]
+struct Completions {
+    /// The shell to print the script for.
+    #[arg(value_enum)]
+    shell: Shell,
+}
+
+/// Where the secrets are read from. On purpose no option takes a secret itself: the command line
+/// is visible to other users.
+#[derive(Args)]
+#[command(next_help_heading = "Secrets (hex, separated by commas or whitespace; the first mints, all verify)")]
+struct SecretSource {
+    /// Read the secrets from this file.
+    #[arg(long, value_name = "PATH", conflicts_with = "secret_env")]
+    secret_file: Option<PathBuf>,
+    /// Read the secrets from this environment variable (unless --secret-file is given).
+    #[arg(long, value_name = "VAR", default_value = DEFAULT_SECRET_ENV)]
+    secret_env: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.group) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(USAGE_ERROR)
         }
-        Ok(args)
     }
+}
 
-    fn one(&self, name: &str) -> Option<&str> {
-        self.options.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+fn run(group: Group) -> CliResult<ExitCode> {
+    match group {
+        Group::Token(TokenCommand::Mint(args)) => token_mint(&args),
+        Group::Token(TokenCommand::Inspect(args)) => token_inspect(&args),
+        Group::Token(TokenCommand::Verify(args)) => token_verify(&args),
+        Group::Config(ConfigCommand::Check(args)) => config_check(&args),
+        Group::Completions(args) => completions(args.shell),
     }
+}
 
-    fn all(&self, name: &str) -> Vec<String> {
-        self.options.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect()
-    }
+// -- arguments ------------------------------------------------------------------------------------
 
-    fn number(&self, name: &str) -> Result<Option<u64>, String> {
-        self.one(name).map(|v| v.parse().map_err(|_| format!("--{name} must be a whole number"))).transpose()
-    }
+fn hex32(text: &str) -> CliResult<[u8; 32]> {
+    hex_decode_array::<32>(text).ok_or_else(|| "must be 32 bytes of hex".to_owned())
+}
 
-    fn only(&self, allowed: &[&str]) -> Result<(), String> {
-        match self.options.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
-            Some((k, _)) => Err(format!("unknown option --{k}")),
-            None => Ok(()),
-        }
-    }
+fn key_value(text: &str) -> CliResult<(String, String)> {
+    text.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| "expected KEY=VALUE".to_owned())
+}
 
-    fn secrets(&self) -> Result<SecretRing, String> {
-        let text = match (self.one("secret-file"), self.one("secret-env")) {
-            (Some(_), Some(_)) => return Err("give --secret-file or --secret-env, not both".into()),
-            (Some(path), None) => std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?,
-            (None, env) => {
-                let name = env.unwrap_or("L402_SECRETS");
-                std::env::var(name).map_err(|_| format!("environment variable {name} holds no secret"))?
-            }
+impl SecretSource {
+    fn ring(&self) -> CliResult<SecretRing> {
+        let (text, origin) = match &self.secret_file {
+            Some(path) => (read_text(path)?, format!("file {}", path.display())),
+            None => (env_secret(&self.secret_env)?, format!("environment variable {}", self.secret_env)),
         };
-        let mut secrets = Vec::new();
-        for (index, hex) in parse_secret_list(&text).iter().enumerate() {
-            secrets.push(hex_decode(hex).ok_or_else(|| format!("secret #{index} is not hex"))?);
+        let secrets = parse_secret_list(&text)
+            .iter()
+            .enumerate()
+            .map(|(index, hex)| hex_decode(hex).ok_or_else(|| format!("secret #{index} in {origin} is not hex")))
+            .collect::<CliResult<Vec<_>>>()?;
+        if secrets.is_empty() {
+            return Err(format!("no secret: {origin} is empty"));
         }
-        SecretRing::new(secrets).map_err(|e| e.to_string())
+        SecretRing::new(secrets).map_err(|e| format!("{origin}: {e}"))
+    }
+}
+
+fn env_secret(name: &str) -> CliResult<String> {
+    match std::env::var(name) {
+        Ok(text) => Ok(text),
+        Err(VarError::NotUnicode(_)) => Err(format!("environment variable {name} is not valid UTF-8")),
+        // The usual case is a fresh shell: say both ways of giving one.
+        Err(VarError::NotPresent) if name == DEFAULT_SECRET_ENV => {
+            Err(format!("no secret: set {name} or pass --secret-file/--secret-env"))
+        }
+        Err(VarError::NotPresent) => Err(format!("no secret: environment variable {name} is not set")),
+    }
+}
+
+fn read_text(path: &Path) -> CliResult<String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// The token or credential given as an argument, else standard input (also for `-`).
+fn read_input(argument: Option<&str>) -> CliResult<String> {
+    match argument {
+        Some(text) if text != "-" => Ok(text.to_owned()),
+        _ => {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text).map_err(|e| format!("cannot read standard input: {e}"))?;
+            Ok(text.trim().to_owned())
+        }
     }
 }
 
@@ -95,75 +293,60 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn random32() -> Result<[u8; 32], String> {
+fn random32() -> CliResult<[u8; 32]> {
     let mut bytes = [0u8; 32];
     getrandom::getrandom(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
     Ok(bytes)
 }
 
-fn hex32(args: &Args, name: &str) -> Result<Option<[u8; 32]>, String> {
-    args.one(name)
-        .map(|v| hex_decode_array::<32>(v).ok_or_else(|| format!("--{name} must be 32 bytes of hex")))
-        .transpose()
-}
+// -- token ----------------------------------------------------------------------------------------
 
-fn token_mint(args: &Args) -> Result<ExitCode, String> {
-    args.only(&[
-        "service",
-        "payment-hash",
-        "token-id",
-        "capability",
-        "lifetime-s",
-        "valid-until",
-        "constraint",
-        "secret-file",
-        "secret-env",
-    ])?;
-    let ring = args.secrets()?;
-    let service = args.one("service").ok_or("--service is required")?;
-    let (payment_hash, preimage) = match hex32(args, "payment-hash")? {
+fn token_mint(args: &Mint) -> CliResult<ExitCode> {
+    let ring = args.secrets.ring()?;
+    // Without an invoice's hash, draw the preimage ourselves so the credential is complete.
+    let (payment_hash, preimage) = match args.payment_hash {
         Some(hash) => (hash, None),
         None => {
             let preimage = random32()?;
             (Sha256::digest(preimage).into(), Some(preimage))
         }
     };
-    let token_id = match hex32(args, "token-id")? {
+    let token_id = match args.token_id {
         Some(id) => id,
         None => random32()?,
     };
-    let valid_until = match (args.number("lifetime-s")?, args.number("valid-until")?) {
-        (Some(_), Some(_)) => return Err("give --lifetime-s or --valid-until, not both".into()),
-        (Some(life), None) => Some(now().saturating_add(life)),
-        (None, until) => until,
+    let valid_until = args.lifetime_s.map(|life| now().saturating_add(life)).or(args.valid_until);
+    let grant = Grant {
+        payment_hash,
+        token_id,
+        service: &args.service,
+        capabilities: &args.capabilities,
+        valid_until,
+        constraints: &args.constraints,
     };
-    let constraints = args
-        .all("constraint")
-        .into_iter()
-        .map(|c| {
-            c.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .ok_or(format!("--constraint {c}: expected KEY=VALUE"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let capabilities = args.all("capability");
-    let grant =
-        Grant { payment_hash, token_id, service, capabilities: &capabilities, valid_until, constraints: &constraints };
     let macaroon = mint(&ring, &grant);
-    let encoded = base64_encode(&macaroon.encode());
-    let credential = preimage.map(|p| format!("L402 {encoded}:{}", hex_encode(&p)));
-    if args.json {
-        let mut out = describe(&macaroon);
-        out["macaroon"] = json!(encoded);
-        if let (Some(p), Some(c)) = (preimage, &credential) {
-            out["preimage"] = json!(hex_encode(&p));
-            out["authorization"] = json!(c);
-        }
-        println!("{out}");
-    } else {
-        println!("{}", credential.unwrap_or(encoded));
-    }
+    print_minted(&macaroon, preimage, args.json);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The credential when the preimage was drawn here, else the macaroon alone.
+fn print_minted(macaroon: &Macaroon, preimage: Option<[u8; 32]>, as_json: bool) {
+    let encoded = base64_encode(&macaroon.encode());
+    let preimage = preimage.map(|p| hex_encode(&p));
+    let authorization = preimage.as_ref().map(|p| format!("L402 {encoded}:{p}"));
+    if !as_json {
+        println!("{}", authorization.unwrap_or(encoded));
+        return;
+    }
+    let mut out = describe(macaroon);
+    if let Some(fields) = out.as_object_mut() {
+        fields.insert("macaroon".into(), json!(encoded));
+        if let (Some(preimage), Some(authorization)) = (preimage, authorization) {
+            fields.insert("preimage".into(), json!(preimage));
+            fields.insert("authorization".into(), json!(authorization));
+        }
+    }
+    println!("{out}");
 }
 
 fn describe(macaroon: &Macaroon) -> serde_json::Value {
@@ -182,17 +365,6 @@ fn describe(macaroon: &Macaroon) -> serde_json::Value {
     })
 }
 
-fn read_input(args: &Args) -> Result<String, String> {
-    match args.positional.first().map(String::as_str) {
-        Some(text) if text != "-" => Ok(text.to_owned()),
-        _ => {
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text).map_err(|e| format!("cannot read standard input: {e}"))?;
-            Ok(text.trim().to_owned())
-        }
-    }
-}
-
 /// Reads a credential in any form a client may send, with a header name in front or not.
 fn parse_credential(text: &str) -> Result<Credential, VerifyError> {
     let value = text
@@ -209,15 +381,13 @@ fn parse_credential(text: &str) -> Result<Credential, VerifyError> {
     }
 }
 
-fn token_inspect(args: &Args) -> Result<ExitCode, String> {
-    args.only(&[])?;
-    let text = read_input(args)?;
+fn token_inspect(args: &Inspect) -> CliResult<ExitCode> {
+    let text = read_input(args.token.as_deref())?;
     let macaroon = match parse_credential(&text) {
         Ok(credential) => credential.macaroon,
+        // Not a credential: perhaps a bare macaroon in an encoding the header parsers refuse.
         Err(_) => {
-            let bytes = l402::l402::encoding::base64_decode(&text)
-                .or_else(|| hex_decode(&text))
-                .ok_or("not a macaroon in base64 or hex")?;
+            let bytes = base64_decode(&text).or_else(|| hex_decode(&text)).ok_or("not a macaroon in base64 or hex")?;
             Macaroon::decode(&bytes).map_err(|e| VerifyError::from(e).to_string())?
         }
     };
@@ -230,19 +400,16 @@ fn token_inspect(args: &Args) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn token_verify(args: &Args) -> Result<ExitCode, String> {
-    args.only(&["service", "capability", "now", "method", "path", "secret-file", "secret-env"])?;
-    let ring = args.secrets()?;
-    let service = args.one("service").ok_or("--service is required")?;
-    let capabilities = args.all("capability");
+fn token_verify(args: &Verify) -> CliResult<ExitCode> {
+    let ring = args.secrets.ring()?;
     let need = Requirement {
-        service,
-        capabilities: &capabilities,
-        now: args.number("now")?.unwrap_or_else(now),
-        method: args.one("method").unwrap_or("GET"),
-        path: args.one("path").unwrap_or("/"),
+        service: &args.service,
+        capabilities: &args.capabilities,
+        now: args.now.unwrap_or_else(now),
+        method: &args.method,
+        path: &args.path,
     };
-    let text = read_input(args)?;
+    let text = read_input(args.credential.as_deref())?;
     let outcome = parse_credential(&text).and_then(|c| verify(&ring, c, &need));
     let (code, out) = match &outcome {
         Ok(token) => (
@@ -261,6 +428,8 @@ fn token_verify(args: &Args) -> Result<ExitCode, String> {
     }
     Ok(code)
 }
+
+// -- config ---------------------------------------------------------------------------------------
 
 /// The default shared-memory zone, as Kong 3.7+ makes it from kong.conf.
 const KONG_SHM_PROPERTY: &str = "nginx_wasm_shm_kv";
@@ -286,14 +455,10 @@ fn kong_conf_check(config: &Config, kong_conf: &str) -> Result<(), ConfigError> 
     }
 }
 
-fn config_check(args: &Args) -> Result<ExitCode, String> {
-    args.only(&["kong-conf"])?;
-    let path = args.positional.first().ok_or("config check needs a FILE")?;
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    let kong_conf = match args.one("kong-conf") {
-        Some(conf) => Some(std::fs::read_to_string(conf).map_err(|e| format!("cannot read {conf}: {e}"))?),
-        None => None,
-    };
+fn config_check(args: &Check) -> CliResult<ExitCode> {
+    let path = args.file.display();
+    let bytes = std::fs::read(&args.file).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let kong_conf = args.kong_conf.as_deref().map(read_text).transpose()?;
     let outcome = Config::parse(&bytes, &|name| std::env::var(name).ok()).and_then(|config| {
         kong_conf.map_or(Ok(()), |conf| kong_conf_check(&config, &conf))?;
         Ok(config)
@@ -313,24 +478,66 @@ fn config_check(args: &Args) -> Result<ExitCode, String> {
     Ok(code)
 }
 
-fn main() -> ExitCode {
-    let mut raw = std::env::args().skip(1);
-    let (group, command) = (raw.next().unwrap_or_default(), raw.next().unwrap_or_default());
-    let result = Args::parse(raw).and_then(|args| match (group.as_str(), command.as_str()) {
-        ("token", "mint") => token_mint(&args),
-        ("token", "inspect") => token_inspect(&args),
-        ("token", "verify") => token_verify(&args),
-        ("config", "check") => config_check(&args),
-        _ => Err(String::new()),
-    });
-    match result {
-        Ok(code) => code,
-        Err(message) => {
-            if !message.is_empty() {
-                eprintln!("l402: {message}");
-            }
-            eprintln!("{USAGE}");
-            ExitCode::from(USAGE_ERROR)
-        }
+// -- completions ----------------------------------------------------------------------------------
+
+fn completions(shell: Shell) -> CliResult<ExitCode> {
+    // Generated into memory: clap_complete panics on a failed write, a closed pipe for instance.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "l402", &mut script);
+    std::io::stdout().write_all(&script).map_err(|e| format!("cannot write the script: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn secrets_never_come_from_the_command_line() {
+        let secret = "00".repeat(32);
+        let parsed = Cli::try_parse_from(["l402", "token", "mint", "--service", "s", &secret]);
+        assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn lifetime_and_expiry_exclude_each_other() {
+        let parsed =
+            Cli::try_parse_from(["l402", "token", "mint", "--service", "s", "--lifetime-s", "1", "--valid-until", "2"]);
+        assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn a_repeated_option_keeps_the_last_and_repeated_lists_keep_all() {
+        let Ok(Cli { group: Group::Token(TokenCommand::Verify(args)) }) = Cli::try_parse_from([
+            "l402",
+            "token",
+            "verify",
+            "--service",
+            "a",
+            "--service",
+            "b",
+            "--capability",
+            "x",
+            "--capability",
+            "y",
+        ]) else {
+            panic!("token verify did not parse");
+        };
+        assert_eq!(args.service, "b");
+        assert_eq!(args.capabilities, ["x", "y"]);
+        assert_eq!(args.secrets.secret_env, DEFAULT_SECRET_ENV);
+    }
+
+    #[test]
+    fn constraints_and_hashes_are_checked_while_parsing() {
+        assert_eq!(key_value("tier=gold=1"), Ok(("tier".to_owned(), "gold=1".to_owned())));
+        assert!(key_value("tier").is_err());
+        assert!(hex32(&"ab".repeat(32)).is_ok());
+        assert!(hex32("abcd").is_err());
     }
 }
