@@ -7,7 +7,7 @@ use crate::l402::header::{is_l402_authorization, parse_authorization, parse_maca
 use crate::l402::{
     authenticate, authenticate_without_preimage, Identifier, Requirement, SecretRing, Token, VerifyError,
 };
-use crate::payment::{self, is_payment_authorization, Charge, PaymentError};
+use crate::payment::{self, is_payment_authorization, PaymentError};
 use crate::policy;
 use crate::policy::path::{Ambiguity, Readings};
 use core::fmt;
@@ -307,7 +307,15 @@ fn decide_charge<'c>(
     now: u64,
 ) -> Decision<'c> {
     let service = route.service;
-    let charge = match payment::verify(&config.payment_keys, header, now).and_then(|c| issued_for(route, method, c)) {
+    let asks = payment::Route {
+        service: &service.name,
+        price_msat: service.price_msat,
+        quoted: service.dynamic_price,
+        method,
+    };
+    let charge = match payment::verify(&config.payment_keys, header, now)
+        .and_then(|charge| charge.issued_for(&asks, route.readings.decoded()).map(|()| charge))
+    {
         Ok(charge) => charge,
         Err(e) => return Decision::Challenge { service, refusal: Some(Refusal::Payment(e)) },
     };
@@ -321,24 +329,6 @@ fn decide_charge<'c>(
         price_msat: Some(charge.amount_sat.saturating_mul(1000)),
         charge: Some(charge.challenge_id),
     }
-}
-
-fn issued_for(route: &PaidRoute<'_, '_>, method: &str, charge: Charge) -> Result<Charge, PaymentError> {
-    let service = route.service;
-    let binding = &charge.binding;
-    if binding.service != service.name {
-        return Err(PaymentError::WrongService);
-    }
-    if service.dynamic_price {
-        // A quote is for one method and path, which every reading of the path must be.
-        let same_path = binding.path.as_deref().is_some_and(|p| route.readings.decoded().all(|path| path == p));
-        if binding.method.as_deref() != Some(method) || !same_path {
-            return Err(PaymentError::Restricted);
-        }
-    } else if service.price_msat.is_some_and(|price| charge.amount_sat.saturating_mul(1000) < price) {
-        return Err(PaymentError::WrongPrice);
-    }
-    Ok(charge)
 }
 
 /// [`route`] and [`decide_paid`] in one, for a request whose headers are all at hand.

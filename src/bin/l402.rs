@@ -25,6 +25,8 @@ use l402::config::{parse_secret_list, Config, ConfigError};
 use l402::l402::encoding::{base64_decode, base64_encode, hex_decode, hex_decode_array, hex_encode};
 use l402::l402::header::{is_l402_authorization, parse_authorization, parse_macaroon_header};
 use l402::l402::{mint, verify, Credential, Grant, Identifier, Macaroon, Requirement, SecretRing, VerifyError};
+use l402::payment::wire::{base64url_decode, parse_rfc3339};
+use l402::payment::{self, IdKeys};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::env::VarError;
@@ -60,6 +62,9 @@ enum Group {
     /// Mint, inspect and verify tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Inspect and verify credentials of the Payment scheme (Lightning charge).
+    #[command(subcommand)]
+    Payment(PaymentCommand),
     /// Check a filter configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -72,6 +77,12 @@ enum TokenCommand {
     Mint(Mint),
     Inspect(Inspect),
     Verify(Verify),
+}
+
+#[derive(Subcommand)]
+enum PaymentCommand {
+    Inspect(PaymentInspect),
+    Verify(PaymentVerify),
 }
 
 #[derive(Subcommand)]
@@ -168,6 +179,59 @@ struct Verify {
     secrets: SecretSource,
 }
 
+/// Show a Payment credential's echoed challenge, decoded: its request (invoice, amount, payment
+/// hash), what it was issued for, its expiry.
+///
+/// Needs no secret and verifies nothing.
+#[derive(Args)]
+struct PaymentInspect {
+    /// `Payment <base64url>` (an `Authorization:` header name may precede it); `-` or none reads
+    /// standard input.
+    #[arg(value_name = "CREDENTIAL")]
+    credential: Option<String>,
+    /// Print the description on one line instead of indented.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Verify a Payment credential as the filter would, except for its single use, which only the
+/// gateway's store (or the fleet's etcd) knows.
+///
+/// Exit status 0 when valid, 1 when refused (with the reason).
+#[derive(Args)]
+#[command(after_help = "Example:
+  echo 'Payment eyJ…' | l402 payment verify --service weather --price-sat 10")]
+struct PaymentVerify {
+    /// `Payment <base64url>`; `-` or none reads standard input (which keeps it out of the process
+    /// list).
+    #[arg(value_name = "CREDENTIAL")]
+    credential: Option<String>,
+    /// The service the request is for.
+    #[arg(long, value_name = "NAME")]
+    service: String,
+    /// The route's static price: a charge issued for less is refused.
+    #[arg(long, value_name = "SAT")]
+    price_sat: Option<u64>,
+    /// The route's price is quoted by the pricing endpoint: the charge must be for this method and path.
+    #[arg(long)]
+    quoted: bool,
+    /// Verify at this Unix time [default: now].
+    #[arg(long, value_name = "UNIX")]
+    now: Option<u64>,
+    /// The request's method.
+    #[arg(long, value_name = "METHOD", default_value = "GET")]
+    method: String,
+    /// The request's path (decoded).
+    #[arg(long, value_name = "PATH", default_value = "/")]
+    path: String,
+    /// Print a JSON object: `valid`, then `challenge_id`, `payment_hash`, `token_id` and
+    /// `amount_sat`, or `reason` and `detail`.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    secrets: SecretSource,
+}
+
 /// Validate a filter configuration.
 ///
 /// Exit status 0 when valid, 1 with the field that is wrong.
@@ -228,6 +292,8 @@ fn run(group: Group) -> CliResult<ExitCode> {
         Group::Token(TokenCommand::Mint(args)) => token_mint(&args),
         Group::Token(TokenCommand::Inspect(args)) => token_inspect(&args),
         Group::Token(TokenCommand::Verify(args)) => token_verify(&args),
+        Group::Payment(PaymentCommand::Inspect(args)) => payment_inspect(&args),
+        Group::Payment(PaymentCommand::Verify(args)) => payment_verify(&args),
         Group::Config(ConfigCommand::Check(args)) => config_check(&args),
         Group::Completions(args) => completions(args.shell),
     }
@@ -423,6 +489,72 @@ fn token_verify(args: &Verify) -> CliResult<ExitCode> {
     } else {
         match &outcome {
             Ok(_) => println!("valid"),
+            Err(e) => println!("refused: {e}"),
+        }
+    }
+    Ok(code)
+}
+
+// -- payment --------------------------------------------------------------------------------------
+
+/// The `Payment …` value of an `Authorization` header given with or without its name.
+fn payment_value(text: &str) -> &str {
+    text.split_once(':').filter(|(name, _)| name.eq_ignore_ascii_case("authorization")).map_or(text, |(_, v)| v).trim()
+}
+
+/// A base64url JSON parameter, decoded (`null` when absent or not JSON).
+fn decoded_param(param: &str) -> serde_json::Value {
+    base64url_decode(param).and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default()
+}
+
+fn payment_inspect(args: &PaymentInspect) -> CliResult<ExitCode> {
+    let text = read_input(args.credential.as_deref())?;
+    let presented = payment::decode(payment_value(&text)).map_err(|e| e.to_string())?;
+    let challenge = &presented.challenge;
+    let out = json!({
+        "challenge": challenge,
+        "request": decoded_param(&challenge.request),
+        "opaque": decoded_param(&challenge.opaque),
+        "expires_unix": parse_rfc3339(&challenge.expires),
+        "preimage": presented.preimage,
+    });
+    if args.json {
+        println!("{out}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn payment_verify(args: &PaymentVerify) -> CliResult<ExitCode> {
+    let keys = IdKeys::derive(&args.secrets.ring()?);
+    let text = read_input(args.credential.as_deref())?;
+    let route = payment::Route {
+        service: &args.service,
+        price_msat: args.price_sat.map(|sat| sat.saturating_mul(1000)),
+        quoted: args.quoted,
+        method: &args.method,
+    };
+    let outcome = payment::verify(&keys, payment_value(&text), args.now.unwrap_or_else(now))
+        .and_then(|charge| charge.issued_for(&route, std::iter::once(args.path.as_str())).map(|()| charge));
+    let (code, out) = match &outcome {
+        Ok(charge) => (
+            ExitCode::SUCCESS,
+            json!({
+                "valid": true,
+                "challenge_id": charge.challenge_id,
+                "payment_hash": hex_encode(&charge.payment_hash),
+                "token_id": hex_encode(&charge.token_id),
+                "amount_sat": charge.amount_sat,
+            }),
+        ),
+        Err(e) => (ExitCode::from(REFUSED), json!({ "valid": false, "reason": e.code(), "detail": e.to_string() })),
+    };
+    if args.json {
+        println!("{out}");
+    } else {
+        match &outcome {
+            Ok(_) => println!("valid (its single use is the gateway's to count)"),
             Err(e) => println!("refused: {e}"),
         }
     }

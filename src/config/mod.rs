@@ -454,6 +454,10 @@ impl Config {
             if service.uses.is_some() && self.fleet.is_none() {
                 fields.push(format!("routes[{i}].uses"));
             }
+            // A charge is single-use: spent charges are counted in shared data too.
+            if service.schemes.payment && service.uses.is_none() && self.fleet.is_none() {
+                fields.push(format!("routes[{i}].schemes"));
+            }
             if service.freebies.is_some() {
                 fields.push(format!("routes[{i}].freebies"));
             }

@@ -103,6 +103,39 @@ pub struct Charge {
     pub binding: Binding,
 }
 
+/// What a route asks of a charge: its service, its static price (a quoted price is bound to the
+/// method and path it was quoted for instead), and the request's method.
+pub struct Route<'a> {
+    pub service: &'a str,
+    pub price_msat: Option<u64>,
+    pub quoted: bool,
+    pub method: &'a str,
+}
+
+impl Charge {
+    /// Whether the charge was issued for `route`; `paths` are every reading of the request's path,
+    /// each of which a quote's path must be.
+    pub fn issued_for<'p>(
+        &self,
+        route: &Route<'_>,
+        mut paths: impl Iterator<Item = &'p str>,
+    ) -> Result<(), PaymentError> {
+        let binding = &self.binding;
+        if binding.service != route.service {
+            return Err(PaymentError::WrongService);
+        }
+        if route.quoted {
+            let same_path = binding.path.as_deref().is_some_and(|quoted| paths.all(|path| path == quoted));
+            if binding.method.as_deref() != Some(route.method) || !same_path {
+                return Err(PaymentError::Restricted);
+            }
+        } else if route.price_msat.is_some_and(|price| self.amount_sat.saturating_mul(1000) < price) {
+            return Err(PaymentError::WrongPrice);
+        }
+        Ok(())
+    }
+}
+
 /// Whether an `Authorization` value uses the Payment scheme (in any case).
 pub fn is_payment_authorization(value: &str) -> bool {
     token(value).is_some()
@@ -113,9 +146,13 @@ fn token(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case(SCHEME).then(|| rest.trim())
 }
 
-/// Parses and verifies a Payment credential at `now` (Unix seconds). The route's own checks (its
-/// service, price, method and path) are the caller's, on the returned [`Charge`].
-pub fn verify(keys: &IdKeys, value: &str, now: u64) -> Result<Charge, PaymentError> {
+/// A Payment credential as sent: the echoed challenge and the preimage, decoded, not verified.
+pub struct Presented {
+    pub challenge: Params,
+    pub preimage: String,
+}
+
+pub fn decode(value: &str) -> Result<Presented, PaymentError> {
     if value.len() > MAX_CREDENTIAL_HEADER {
         return Err(PaymentError::Malformed("credential header too long"));
     }
@@ -123,7 +160,13 @@ pub fn verify(keys: &IdKeys, value: &str, now: u64) -> Result<Charge, PaymentErr
     let json = base64url_decode(token).ok_or(PaymentError::Malformed("credential is not base64url"))?;
     let credential: RawCredential =
         serde_json::from_slice(&json).map_err(|_| PaymentError::Malformed("credential is not the expected JSON"))?;
-    let challenge = credential.challenge;
+    Ok(Presented { challenge: credential.challenge, preimage: credential.payload.preimage })
+}
+
+/// Parses and verifies a Payment credential at `now` (Unix seconds). The route's own checks (its
+/// service, price, method and path) are the caller's: [`Charge::issued_for`].
+pub fn verify(keys: &IdKeys, value: &str, now: u64) -> Result<Charge, PaymentError> {
+    let Presented { challenge, preimage } = decode(value)?;
     if challenge.method != METHOD_LIGHTNING || challenge.intent != INTENT_CHARGE {
         return Err(PaymentError::MethodUnsupported);
     }
@@ -144,8 +187,8 @@ pub fn verify(keys: &IdKeys, value: &str, now: u64) -> Result<Charge, PaymentErr
         .filter(|a| request.currency == "sat" && !a.starts_with('0') && a.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|a| a.parse::<u64>().ok())
         .ok_or(PaymentError::Malformed("amount"))?;
-    let preimage = hex_decode_array::<32>(&credential.payload.preimage)
-        .ok_or(PaymentError::Malformed("payload.preimage must be 32 bytes of hex"))?;
+    let preimage =
+        hex_decode_array::<32>(&preimage).ok_or(PaymentError::Malformed("payload.preimage must be 32 bytes of hex"))?;
     let hashed: [u8; 32] = Sha256::digest(preimage).into();
     if !bool::from(hashed.ct_eq(&payment_hash)) {
         return Err(PaymentError::PreimageMismatch);

@@ -9,4 +9,4 @@ pub mod receipt;
 pub mod wire;
 
 pub use challenge::{charge_request, Binding, IdKeys, Params};
-pub use credential::{is_payment_authorization, verify, Charge, PaymentError};
+pub use credential::{decode, is_payment_authorization, verify, Charge, PaymentError, Presented, Route};

@@ -95,12 +95,14 @@ def full() -> dict[str, Any]:
              "service": "weather", "price_sat": 10, "lifetime_s": 3600, "capabilities": ["read", "v1.x-y"],
              "restrict": {"path_prefix": "/v1/", "methods": ["GET"]}, "uses": 100,
              "freebies": {"requests": 3, "period_s": 86400}},
+            # L402 alone: the top-level default offers Payment too, which prices in whole satoshis.
             {"match": {"path_glob": "/files/**/*.json", "host": "*.example.com"}, "service": "files",
-             "price_msat": 1500, "free": False},
+             "price_msat": 1500, "free": False, "schemes": ["l402"]},
             {"match": {"path_prefix": "/llm/"}, "service": "llm", "price_sat": 5, "dynamic_price": True},
+            {"match": {"path_prefix": "/pay/"}, "service": "pay", "price_msat": 2000, "schemes": ["payment"]},
         ],
         "unmatched": "free",
-        "challenge": {"lsat_header": False},
+        "challenge": {"lsat_header": False, "invalid_credential_status": 401},
         "upstream_headers": {"strip_credential": False, "token_id": "X-Token", "service": None,
                              "price_msat": "x-paid-msat"},
         "revoked": ["ab" * 32, "CD" * 32],
@@ -112,6 +114,8 @@ def full() -> dict[str, Any]:
                   "prefix": "/gateways/l402/", "revocation_poll_s": 10},
         "on_store_error": "fail_open",
         "paths": {"encoded_slashes": "allow"},
+        "schemes": ["l402", "payment"],
+        "payment": {"realm": "api.example.com"},
     }
 
 
@@ -160,6 +164,25 @@ HAND_WRITTEN: dict[str, Any] = {
                    "client_network": {"ipv4_prefix": 0, "ipv6_prefix": 128}},
     "unicode-memo-and-credential": {**minimal(), "node": {**minimal()["node"], "credential": "rune ü ok"},
                                     "invoice": {"memo": "café ☕ {service}"}},
+    # schemes: null is the default (L402 alone): any msat price, and uses.
+    "schemes-null-l402-msat": {**minimal(), "schemes": None,
+                               "routes": [{"match": {}, "service": "api", "price_msat": 1500, "uses": 2}]},
+    # Payment alone by default; a route's schemes: null takes the default; the realm null.
+    "payment-default": {**minimal(), "schemes": ["payment"], "payment": {"realm": None},
+                        "challenge": {"invalid_credential_status": 402},
+                        "routes": [{"match": {}, "service": "api", "price_msat": 3000, "schemes": None}]},
+    # A route that names L402 alone leaves the Payment default: sub-satoshi price and uses; a free
+    # route may write schemes: null.
+    "payment-default-route-overrides": {**minimal(), "schemes": ["payment"], "routes": [
+        {"match": {"path": "/t"}, "service": "t", "price_msat": 1, "uses": 5, "schemes": ["l402"]},
+        {"match": {}, "free": True, "schemes": None}]},
+    # Every character a realm may hold, 255 of them; the two schemes in the other order; payment {}
+    # is the default written out.
+    "realm-edges": {**minimal(), "schemes": ["payment", "l402"], "payment": {
+        "realm": (" !#$%&'()*+,-./09:;<=>?@AZ[]^_`az{}~" * 8)[:255]},
+        "routes": [{"match": {}, "service": "api", "price_sat": 1, "uses": 1, "schemes": ["payment", "l402"]}]},
+    "payment-empty-object": {**minimal(), "payment": {}, "routes": [
+        {"match": {}, "service": "api", "price_sat": 1, "schemes": ["payment"]}]},
 }
 
 
@@ -277,6 +300,22 @@ def LNBITS() -> dict[str, Any]:
 
 def DYNAMIC() -> dict[str, Any]:
     return copy.deepcopy(HAND_WRITTEN["dynamic-price-without-static"])
+
+
+def L402_MSAT() -> dict[str, Any]:
+    return copy.deepcopy(HAND_WRITTEN["schemes-null-l402-msat"])
+
+
+def PAYMENT_DEFAULT() -> dict[str, Any]:
+    return copy.deepcopy(HAND_WRITTEN["payment-default"])
+
+
+def PAYMENT_OVERRIDES() -> dict[str, Any]:
+    return copy.deepcopy(HAND_WRITTEN["payment-default-route-overrides"])
+
+
+def REALM_EDGES() -> dict[str, Any]:
+    return copy.deepcopy(HAND_WRITTEN["realm-edges"])
 
 
 # (id, base, path, new value, the field the parser names)
@@ -543,6 +582,57 @@ INVALID: list[tuple[str, Callable[[], dict[str, Any]], str, Any, str]] = [
     ("fleet-poll-zero", full, "fleet.revocation_poll_s", 0, "fleet.revocation_poll_s"),
     ("fleet-poll-too-long", full, "fleet.revocation_poll_s", 3601, "fleet.revocation_poll_s"),
     ("fleet-poll-negative", full, "fleet.revocation_poll_s", -5, "fleet.revocation_poll_s"),
+    # schemes, top level and per route
+    ("scheme-unknown", full, "schemes.1", "lsat", "schemes[1]"),
+    ("scheme-upper", full, "schemes.0", "L402", "schemes[0]"),
+    ("scheme-number", full, "schemes.0", 402, "schemes[0]"),
+    ("route-scheme-unknown", full, "routes.4.schemes.0", "bitcoin", "routes[4].schemes[0]"),
+    ("schemes-empty", full, "schemes", [], "schemes"),
+    ("route-schemes-empty", full, "routes.4.schemes", [], "routes[4].schemes"),
+    ("scheme-twice", full, "schemes", ["l402", "payment", "l402"], "schemes[2]"),
+    ("route-scheme-twice", full, "routes.4.schemes", ["payment", "payment"], "routes[4].schemes[1]"),
+    ("schemes-string", full, "schemes", "l402", "schemes"),
+    ("schemes-object", full, "schemes", {"l402": True}, "schemes"),
+    ("route-schemes-string", full, "routes.4.schemes", "payment", "routes[4].schemes"),
+    ("free-with-schemes", full, "routes.0.schemes", ["l402"], "routes[0].free"),
+    ("free-with-payment-scheme", PAYMENT_OVERRIDES, "routes.1.schemes", ["payment"], "routes[1].free"),
+    # the Payment scheme prices in whole satoshis: the route's own schemes or the top-level default
+    ("payment-route-msat-not-whole", full, "routes.4.price_msat", 2500, "routes[4].price_msat"),
+    ("payment-both-route-msat-not-whole", PAYMENT_OVERRIDES, "routes.0.schemes", ["l402", "payment"],
+     "routes[0].price_msat"),
+    ("payment-default-msat-not-whole", full, "routes.2.schemes", DELETE, "routes[2].price_msat"),
+    ("payment-default-route-schemes-null", full, "routes.2.schemes", None, "routes[2].price_msat"),
+    ("payment-default-added-msat-not-whole", L402_MSAT, "schemes", ["l402", "payment"], "routes[0].price_msat"),
+    ("payment-default-msat-sub-sat", PAYMENT_DEFAULT, "routes.0.price_msat", 999, "routes[0].price_msat"),
+    # uses counts L402 token uses: not on a route without L402
+    ("uses-on-payment-route", full, "routes.4.uses", 5, "routes[4].uses"),
+    ("uses-on-payment-default", PAYMENT_DEFAULT, "routes.0.uses", 5, "routes[0].uses"),
+    ("uses-route-drops-l402", REALM_EDGES, "routes.0.schemes", ["payment"], "routes[0].uses"),
+    ("uses-top-schemes-payment-only", full, "schemes", ["payment"], "routes[1].uses"),
+    # payment
+    ("unknown-payment", full, "payment.scheme", "lightning", "payment.scheme"),
+    ("payment-null", full, "payment", None, "payment"),
+    ("payment-string", full, "payment", "api.example.com", "payment"),
+    ("payment-as-array", full, "payment", ["api.example.com"], "payment"),
+    ("realm-pipe", full, "payment.realm", "api|example", "payment.realm"),
+    ("realm-quote", full, "payment.realm", 'api"example', "payment.realm"),
+    ("realm-backslash", full, "payment.realm", "api\\example", "payment.realm"),
+    ("realm-empty", full, "payment.realm", "", "payment.realm"),
+    ("realm-trailing-newline", full, "payment.realm", "api.example.com\n", "payment.realm"),
+    ("realm-256", full, "payment.realm", "r" * 256, "payment.realm"),
+    ("realm-tab", full, "payment.realm", "api\texample", "payment.realm"),
+    ("realm-del", full, "payment.realm", "api\x7f", "payment.realm"),
+    ("realm-unicode", full, "payment.realm", "café", "payment.realm"),
+    ("realm-number", full, "payment.realm", 5, "payment.realm"),
+    # challenge.invalid_credential_status
+    ("invalid-status-403", full, "challenge.invalid_credential_status", 403, "challenge.invalid_credential_status"),
+    ("invalid-status-400", full, "challenge.invalid_credential_status", 400, "challenge.invalid_credential_status"),
+    ("invalid-status-string", full, "challenge.invalid_credential_status", "401",
+     "challenge.invalid_credential_status"),
+    ("invalid-status-null", full, "challenge.invalid_credential_status", None, "challenge.invalid_credential_status"),
+    ("invalid-status-float", full, "challenge.invalid_credential_status", 401.0, "challenge.invalid_credential_status"),
+    ("invalid-status-negative", full, "challenge.invalid_credential_status", -401,
+     "challenge.invalid_credential_status"),
 ]
 
 
@@ -563,6 +653,32 @@ def test_invalid_cases_start_from_valid_bases(tmp_path):
         if isinstance(cfg, list):  # the "config is not an object" case
             continue
         assert schema_accepts(cfg) and parser(cfg, tmp_path)["valid"], cfg
+
+
+def test_scheme_rules_agree_with_the_parser(tmp_path):
+    """The rules that join a route's schemes with the top-level default (Payment prices in whole
+    satoshis, uses only with L402, a free route has no schemes), over every combination: the schema
+    and the parser give the same verdict."""
+    lists = [DELETE, None, ["l402"], ["payment"], ["l402", "payment"], ["payment", "l402"]]
+    paid = [{"price_sat": 2}, {"price_msat": 2000}, {"price_msat": 2500}, {"price_msat": 2500, "uses": 3},
+            {"price_sat": 2, "uses": 3}, {"price_sat": 2, "uses": None}]
+    disagree, verdicts = [], set()
+    for top in lists:
+        for own in lists:
+            for route in [{"free": True}] + [{"service": "api", **p} for p in paid]:
+                cfg = minimal()
+                cfg["routes"] = [{"match": {"path": "/ok"}, "service": "ok", "price_sat": 1},
+                                 {"match": {}, **route}]
+                if top is not DELETE:
+                    cfg["schemes"] = top
+                if own is not DELETE:
+                    cfg["routes"][1]["schemes"] = own
+                verdict = parser(cfg, tmp_path)["valid"]
+                verdicts.add(verdict)
+                if schema_accepts(cfg) != verdict:
+                    disagree.append((top, own, route, verdict))
+    assert verdicts == {True, False}
+    assert not disagree, f"(top-level schemes, route schemes, route, parser's verdict): {disagree}"
 
 
 # -- what a schema cannot check ---------------------------------------------------------------------
