@@ -16,14 +16,14 @@ use crate::store;
 use proxy_wasm::types::Action;
 use std::rc::Rc;
 
-/// A paid request on its way in; `from_authorization` tells which header carried the credential.
+/// A paid request on its way in; `credential_headers` are those the credential came in.
 #[derive(Clone)]
 pub(super) struct Admission {
     pub(super) identifier: Identifier,
     pub(super) service: Service,
     /// The price the token was bought at, for the metering header.
     pub(super) price_msat: Option<u64>,
-    pub(super) from_authorization: bool,
+    pub(super) credential_headers: &'static [&'static str],
     /// The challenge id of a Payment-scheme charge, which buys one request.
     pub(super) charge: Option<String>,
 }
@@ -144,9 +144,7 @@ impl Http {
     pub(super) fn hand_off(&self, admission: &Admission) {
         let headers = &self.shared.config.upstream_headers;
         if headers.strip_credential {
-            let credential: &[&str] =
-                if admission.from_authorization { &["authorization"] } else { &["grpc-metadata-macaroon", "macaroon"] };
-            credential.iter().for_each(|name| self.remove_credential_header(name));
+            admission.credential_headers.iter().for_each(|name| self.remove_credential_header(name));
         }
         if let Some(name) = &headers.token_id {
             host::set_request_header(name, &hex_encode(&admission.identifier.token_id));

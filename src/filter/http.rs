@@ -55,6 +55,9 @@ pub struct Http {
     pub(super) receipt: Option<String>,
 }
 
+/// The gRPC metadata key of the revised L402 spec's token.
+const GRPC_TOKEN: &str = "token";
+
 pub(super) fn header(name: &str) -> Option<String> {
     host::request_header(name).ok().flatten()
 }
@@ -301,7 +304,7 @@ impl Http {
         let method = header(":method").unwrap_or_default();
         let path = target.unwrap_or_else(|| header(":path").unwrap_or_default());
         let authority = if config.matches_host { header(":authority").unwrap_or_default() } else { String::new() };
-        let mut from_authorization = false;
+        let mut credential_headers: &[&str] = &[];
         let decision = match gate::route(config, &method, &path, &authority) {
             Routing::Decided(decision) => decision,
             Routing::Paid(paid) => {
@@ -314,7 +317,18 @@ impl Http {
                     Some(_) => None,
                     None => header("grpc-metadata-macaroon").or_else(|| header("macaroon")),
                 };
-                from_authorization = authorization.is_some();
+                // The revised L402 spec's gRPC clients send the token as `token` metadata (read on
+                // gRPC only: other APIs have `token` headers of their own).
+                let token = match (&authorization, &macaroon) {
+                    (None, None) if header("content-type").is_some_and(|t| is_grpc(&t)) => header(GRPC_TOKEN),
+                    _ => None,
+                };
+                credential_headers = match (&authorization, &token) {
+                    (Some(_), _) => &["authorization"],
+                    (None, Some(_)) => &[GRPC_TOKEN],
+                    (None, None) => &["grpc-metadata-macaroon", "macaroon"],
+                };
+                let macaroon = macaroon.or(token);
                 let presented = Presented {
                     authorization: authorization.as_deref(),
                     macaroon: macaroon.as_deref(),
@@ -337,7 +351,7 @@ impl Http {
             }
             Decision::Paid { identifier, preimage_proven, service, price_msat, charge } => {
                 let admission =
-                    Admission { identifier, service: service.clone(), price_msat, from_authorization, charge };
+                    Admission { identifier, service: service.clone(), price_msat, credential_headers, charge };
                 self.admit(admission, preimage_proven)
             }
             Decision::NoRoute => {

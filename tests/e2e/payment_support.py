@@ -76,3 +76,38 @@ def assert_problem(r, problem: str, reason: str) -> dict[str, Any]:
     assert body["title"] and body["detail"], body
     payment_challenge(r)
     return body
+
+
+ID_KEY_LABEL = b"l402-wasm payment challenge id v1"
+
+
+def canonical(value: Any) -> bytes:
+    """RFC 8785 for what the challenges hold (strings in objects): sorted members, no whitespace."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def challenge_id(secret_hex: str, params: dict[str, str]) -> str:
+    """The README's contract: HMAC-SHA256 keyed with HMAC-SHA256(secret, label) over the seven
+    `|`-joined slots of draft-httpauth-payment §5.1.2.1.1."""
+    import hashlib
+    import hmac
+    key = hmac.new(bytes.fromhex(secret_hex), ID_KEY_LABEL, hashlib.sha256).digest()
+    slots = [params.get(k, "") for k in ("realm", "method", "intent", "request", "expires", "digest", "opaque")]
+    return b64url(hmac.new(key, "|".join(slots).encode(), hashlib.sha256).digest())
+
+
+def mint_charge(secret_hex: str, service: str, amount_sat: int, preimage: bytes, token_id: str, *,
+                expires_in_s: int = 600, invoice: str = "lnbcrt1test", realm: str | None = None) -> dict[str, str]:
+    """A charge challenge as a gateway holding `secret_hex` issues it, for an invoice paid with
+    `preimage` (the tests' own: no node involved)."""
+    import hashlib
+    import time as _time
+    request = {"amount": str(amount_sat), "currency": "sat",
+               "methodDetails": {"invoice": invoice, "paymentHash": hashlib.sha256(preimage).hexdigest()}}
+    params = {
+        "realm": realm or service, "method": "lightning", "intent": "charge",
+        "request": b64url(canonical(request)),
+        "expires": _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime(_time.time() + expires_in_s)),
+        "opaque": b64url(canonical({"service": service, "token_id": token_id})),
+    }
+    return {"id": challenge_id(secret_hex, params), **params}

@@ -177,3 +177,19 @@ def test_paid_call_with_authorization_metadata(gw, say, server):
     err = refused(say, b"x", [("authorization", f"L402 {mac}:{'11' * 32}")])
     assert err.code() == grpc.StatusCode.INTERNAL
     assert len(server.calls) == 1
+
+
+def test_paid_call_with_the_revised_specs_token_metadata(gw, say, server):
+    """The revised L402 spec's gRPC clients send the final token as `token` metadata (hex, with its
+    preimage caveat): read on gRPC calls, stripped before the server sees it."""
+    mac, invoice = challenge_of(refused(say, b"x"))
+    token = with_preimage(mac, gw.backend.pay(invoice))
+    reply = say(b"token", metadata=[("token", token)], timeout=10)
+    assert reply == b"echo:token"
+    (c,) = server.calls
+    md = dict(c["metadata"])
+    assert "token" not in md, "the credential reached the server"
+    assert md.get("x-l402-token-id") == inspect(mac)["identifier"]["token_id"]
+    err = refused(say, b"x", [("token", with_preimage(mac, "11" * 32))])
+    assert err.code() == grpc.StatusCode.INTERNAL
+    assert len(server.calls) == 1

@@ -12,6 +12,8 @@ import secrets
 import pytest
 
 from attacks import credential, py_mint
+from payment_support import credential as payment_credential
+from payment_support import mint_charge
 from wasm_host import Host
 
 SECRET = secrets.token_hex(32)
@@ -21,6 +23,7 @@ CONFIG = {
     "routes": [
         {"match": {"path_prefix": "/health"}, "free": True},
         {"match": {"path_prefix": "/v1/"}, "service": "weather", "price_sat": 10, "lifetime_s": 3600},
+        {"match": {"path_prefix": "/pay/"}, "service": "quotes", "price_sat": 5, "schemes": ["payment"]},
     ],
 }
 BASE = [(":method", "GET"), (":authority", "api.example.com"), ("user-agent", "test")]
@@ -33,8 +36,14 @@ PAID = [READ] * 3 + [TIME] + [REMOVE] + [SET] * 3
 # A free route: the method and the path (the credential and the clock are read only on a paid
 # route), and the client's copies of the three metering headers removed.
 FREE = [READ] * 2 + [REMOVE] * 3
-# A challenge: the reads, randomness for the token id, the callout, and the clock again for its latency.
-CHALLENGE = [READ] * 5 + [TIME, "random_get", "proxy_http_call", TIME]
+# A challenge: the reads (the last one the content type, for a gRPC client's `token`), randomness
+# for the token id, the callout, and the clock again for its latency.
+CHALLENGE = [READ] * 6 + [TIME, "random_get", "proxy_http_call", TIME]
+# A Payment-scheme charge: the paid path's calls, its single use counted in shared data (a read and
+# a compare-and-swap), the clock for the receipt; on the answer, the receipt set and the cache policy
+# read and made private.
+CHARGE = ([READ] * 3 + [TIME] + ["proxy_get_shared_data", "proxy_set_shared_data"] + [REMOVE] + [SET] * 3
+          + [TIME] + [SET, READ, SET])
 
 
 def paid_credential() -> str:
@@ -61,6 +70,18 @@ def test_paid_request(host):
     # A second use of the same credential (the verified-credential cache) costs the same calls.
     _, again = host.request(BASE + [(":path", "/v1/forecast"), ("authorization", auth)])
     assert again == PAID, again
+
+
+def test_paid_charge(host):
+    preimage = secrets.token_bytes(32)
+    challenge = mint_charge(SECRET, "quotes", 5, preimage, secrets.token_hex(32))
+    auth = payment_credential(challenge, preimage.hex())
+    request, calls = host.request(BASE + [(":path", "/pay/q"), ("authorization", auth)])
+    assert request.continued and request.response is None and not request.callouts
+    assert calls == CHARGE, calls
+    # A replay: refused, and a fresh invoice asked for the challenge that answers it.
+    request, _ = host.request(BASE + [(":path", "/pay/q"), ("authorization", auth)])
+    assert not request.continued and len(request.callouts) == 1
 
 
 def test_free_request(host):
