@@ -529,6 +529,84 @@ mod tests {
         assert_eq!(refusal(decide(&config, &mut cache, &view("/v1/a;b", Some(&header), 0))), Some("restricted"));
     }
 
+    /// A paid charge as the gateway issues it: for `service` at `amount_sat`, token id 4, paid with
+    /// PREIMAGE, expiring at 1000.
+    fn charge(config: &Config, service: &str, amount_sat: u64, quoted: Option<(&str, &str)>) -> String {
+        use crate::payment::wire::{base64url_encode, rfc3339};
+        use crate::payment::{charge_request, Binding, Params};
+        let binding = Binding {
+            service: service.into(),
+            token_id: hex_encode(&[4; 32]),
+            method: quoted.map(|(m, _)| m.into()),
+            path: quoted.map(|(_, p)| p.into()),
+        };
+        let hash: [u8; 32] = Sha256::digest(PREIMAGE).into();
+        let request = charge_request(amount_sat, "", "lnbcrt1x", &hash);
+        let mut params = Params::charge(service.into(), request, rfc3339(1000), &binding);
+        config.payment_keys.sign(&mut params);
+        let body = json!({ "challenge": params, "payload": { "preimage": hex_encode(&PREIMAGE) } });
+        format!("Payment {}", base64url_encode(body.to_string().as_bytes()))
+    }
+
+    #[test]
+    fn charges_open_routes_that_offer_the_scheme_for_their_service_and_price() {
+        let config = config_with_routes(json!([
+            { "match": { "path_prefix": "/v1/" }, "service": "weather", "price_sat": 10, "schemes": ["l402", "payment"] },
+            { "match": { "path_prefix": "/pay/" }, "service": "quotes", "price_sat": 5, "schemes": ["payment"] },
+            { "match": { "path_prefix": "/old/" }, "service": "legacy", "price_sat": 1 }
+        ]));
+        let mut cache = VerifiedCache::new(8);
+        let weather = charge(&config, "weather", 10, None);
+        match decide(&config, &mut cache, &view("/v1/x", Some(&weather), 999)) {
+            Decision::Paid { identifier, charge: Some(_), price_msat, preimage_proven: true, .. } => {
+                assert_eq!(identifier.token_id, [4; 32]);
+                assert_eq!(identifier.payment_hash, <[u8; 32]>::from(Sha256::digest(PREIMAGE)));
+                assert_eq!(price_msat, Some(10_000));
+            }
+            other => panic!("expected a paid charge, got {other:?}"),
+        }
+        assert!(cache.is_empty(), "charges are single-use: never cached");
+        assert_eq!(refusal(decide(&config, &mut cache, &view("/v1/x", Some(&weather), 1000))), Some("expired"));
+        assert_eq!(refusal(decide(&config, &mut cache, &view("/pay/x", Some(&weather), 0))), Some("wrong_service"));
+        let cheap = charge(&config, "weather", 9, None);
+        assert_eq!(refusal(decide(&config, &mut cache, &view("/v1/x", Some(&cheap), 0))), Some("wrong_price"));
+        // A route that does not offer the scheme reads no Payment credential at all.
+        let legacy = charge(&config, "legacy", 1, None);
+        assert_eq!(refusal(decide(&config, &mut cache, &view("/old/x", Some(&legacy), 0))), None);
+        // Minted under another secret.
+        let other =
+            config_with_routes(json!([{ "match": {}, "service": "weather", "price_sat": 10, "schemes": ["payment"] }]));
+        let mut json = crate::testing::config_json(
+            json!([{ "match": {}, "service": "weather", "price_sat": 10, "schemes": ["payment"] }]),
+        );
+        json["secrets"] = json!(["22".repeat(32)]);
+        let foreign = Config::parse(json.to_string().as_bytes(), &|_| None).unwrap();
+        let forged = charge(&foreign, "weather", 10, None);
+        assert_eq!(refusal(decide(&other, &mut cache, &view("/x", Some(&forged), 0))), Some("invalid_challenge"));
+    }
+
+    #[test]
+    fn quoted_charges_open_only_their_method_and_path_and_revocation_applies() {
+        let mut json = crate::testing::config_json(json!([
+            { "match": { "path_prefix": "/v1/" }, "service": "weather", "dynamic_price": true, "schemes": ["payment"] }
+        ]));
+        json["pricing"] = json!({ "upstream": "pricer", "authority": "pricer:80", "path": "/price" });
+        let config = Config::parse(json.to_string().as_bytes(), &|_| None).unwrap();
+        let mut cache = VerifiedCache::new(8);
+        let quoted = charge(&config, "weather", 3, Some(("GET", "/v1/cheap")));
+        assert!(paid_token(decide(&config, &mut cache, &view("/v1/cheap", Some(&quoted), 0))).is_some());
+        assert_eq!(refusal(decide(&config, &mut cache, &view("/v1/dear", Some(&quoted), 0))), Some("restricted"));
+        let post = RequestView { method: "POST", ..view("/v1/cheap", Some(&quoted), 0) };
+        assert_eq!(refusal(decide(&config, &mut cache, &post)), Some("restricted"));
+        // Any spelling of the quoted path that every decoding upstream reads as it.
+        assert!(paid_token(decide(&config, &mut cache, &view("/v1/ch%65ap", Some(&quoted), 0))).is_some());
+
+        json["revoked"] = json!([hex_encode(&[4; 32])]);
+        let revoking = Config::parse(json.to_string().as_bytes(), &|_| None).unwrap();
+        let quoted = charge(&revoking, "weather", 3, Some(("GET", "/v1/cheap")));
+        assert_eq!(refusal(decide(&revoking, &mut cache, &view("/v1/cheap", Some(&quoted), 0))), Some("revoked"));
+    }
+
     #[test]
     fn cache_stays_bounded() {
         let config = config();
