@@ -9,11 +9,15 @@ use l402::config::{Config, EncodedSlashes};
 use l402::l402::encoding::{base64_encode, hex_encode};
 use l402::l402::header::parse_authorization;
 use l402::l402::{mint, verify, Credential, Grant, Macaroon, Requirement, SecretRing, VerifyError};
+use l402::payment::wire::{base64url_decode, base64url_encode, parse_rfc3339, rfc3339};
+use l402::payment::{jcs, IdKeys, Params};
 use l402::policy::path::Ambiguity;
 use l402::policy::{self, path};
 use proptest::prelude::*;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::OnceLock;
 
 fn ring() -> SecretRing {
@@ -250,5 +254,218 @@ fn encoded_segments_read_as_dot_or_slash_are_refused() {
         let encoded = format!("/{}", encode_every_byte(segment));
         assert_eq!(refused_by_design(&encoded), None, "{segment:?}");
         assert!(path::readings(&encoded, EncodedSlashes::Reject).is_ok(), "{segment:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Payment scheme: challenge ids bind what they cover under any key of the ring and nothing
+// else; JCS is one spelling per value; the wire encodings round-trip.
+
+fn payment_keys() -> IdKeys {
+    IdKeys::new([&[0x42u8; 32][..]])
+}
+
+/// The seven parameters the id covers, in `Params::id_input` order.
+const COVERED: usize = 7;
+
+fn covered(p: &mut Params, slot: usize) -> &mut String {
+    match slot {
+        0 => &mut p.realm,
+        1 => &mut p.method,
+        2 => &mut p.intent,
+        3 => &mut p.request,
+        4 => &mut p.expires,
+        5 => &mut p.digest,
+        _ => &mut p.opaque,
+    }
+}
+
+/// A challenge's covered parameters from `value`, with `description`, its id set by `keys`.
+fn signed(keys: &IdKeys, values: &[String], description: String) -> Params {
+    let mut p = Params { description, ..Params::default() };
+    for (slot, value) in values.iter().enumerate() {
+        *covered(&mut p, slot) = value.clone();
+    }
+    keys.sign(&mut p);
+    p
+}
+
+/// Parameter values: often from a tiny alphabet (so that a "change" often leaves a value as it
+/// was), else any text without `|`.
+fn pipe_free_value() -> impl Strategy<Value = String> {
+    prop_oneof!["[ab]{0,2}", "[^|]{0,24}"]
+}
+
+/// Values with `|`, the id input's unescaped delimiter.
+fn any_value() -> impl Strategy<Value = String> {
+    prop_oneof!["[ab|]{0,3}", ".{0,24}"]
+}
+
+/// A JSON value of strings, numbers, bools, null, arrays and objects, nested up to 4 deep. Numbers
+/// are integers (any i64 or u64, rounded to a double as ECMAScript does) or decimals m·10^-k with
+/// m < 2^53 and k <= 22: these serde_json reads back exactly. Other doubles it may read one ulp off
+/// (no `float_roundtrip` feature), which is serde_json's error and not canonical()'s: see
+/// `jcs_is_idempotent_for_every_double` below.
+fn json_value() -> impl Strategy<Value = Value> {
+    let number = prop_oneof![
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        (0u64..1 << 53, 0u32..=22, any::<bool>()).prop_map(|(m, k, negative)| {
+            let x: f64 = format!("{}{m}e-{k}", if negative { "-" } else { "" }).parse().unwrap();
+            Value::from(x)
+        }),
+    ];
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        number,
+        any::<String>().prop_map(Value::String),
+        // Characters around the UTF-16 / UTF-8 ordering difference (U+E000 against U+10000).
+        "[a\u{7f}\u{e000}\u{ffff}\u{10000}\u{1f600}]{0,3}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map(prop_oneof![any::<String>(), "[aA1\u{e000}\u{10000}]{0,3}"], inner, 0..6)
+                .prop_map(|members| Value::Object(members.into_iter().collect())),
+        ]
+    })
+}
+
+/// `value` as JSON text with every object's members in an order drawn from `seed` (and some
+/// whitespace).
+fn shuffled_text(value: &Value, seed: u64) -> String {
+    match value {
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(|v| shuffled_text(v, seed)).collect();
+            format!("[ {} ]", items.join(" ,"))
+        }
+        Value::Object(members) => {
+            let mut members: Vec<(&String, &Value)> = members.iter().collect();
+            members.sort_by_key(|(name, _)| {
+                let mut h = DefaultHasher::new();
+                (seed, name).hash(&mut h);
+                h.finish()
+            });
+            let members: Vec<String> = members
+                .into_iter()
+                .map(|(name, v)| format!("{} : {}", Value::from(name.as_str()), shuffled_text(v, seed)))
+                .collect();
+            format!("{{\n{}}}", members.join(",\t"))
+        }
+        // Leaves in their canonical spelling: serde_json's own (`1837322949540649.0`) is one it
+        // may read back one ulp off.
+        leaf => jcs::canonical(leaf),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Any change to any of the covered parameters (any number of them at once) voids the id
+    /// unless every one is left as it was; the description is free.
+    #[test]
+    fn a_challenge_id_binds_every_covered_parameter(
+        values in prop::collection::vec(pipe_free_value(), COVERED),
+        changes in prop::collection::vec(prop::option::of(pipe_free_value()), COVERED),
+        description in ".{0,24}",
+        other_description in ".{0,24}",
+    ) {
+        let keys = payment_keys();
+        let issued = signed(&keys, &values, description);
+        prop_assert!(keys.verify(&issued));
+        let mut presented = Params { description: other_description, ..issued.clone() };
+        let mut unchanged = true;
+        for (slot, change) in changes.into_iter().enumerate() {
+            if let Some(value) = change {
+                unchanged &= value == values[slot];
+                *covered(&mut presented, slot) = value;
+            }
+        }
+        prop_assert_eq!(keys.verify(&presented), unchanged, "{:?} as {:?}", issued, presented);
+    }
+
+    /// With `|` in the values, one parameter changed still voids the id unless it is unchanged.
+    /// (Two changed at once can shift a `|` from one to the next and keep the id: the
+    /// construction's, as Aperture's "pipe inside a slot value" vectors record.)
+    #[test]
+    fn a_challenge_id_binds_each_parameter_even_with_delimiters(
+        values in prop::collection::vec(any_value(), COVERED),
+        slot in 0..COVERED,
+        value in any_value(),
+    ) {
+        let keys = payment_keys();
+        let issued = signed(&keys, &values, String::new());
+        let mut presented = issued.clone();
+        *covered(&mut presented, slot) = value.clone();
+        prop_assert_eq!(keys.verify(&presented), value == values[slot]);
+    }
+
+    /// Under a ring of two keys an id minted under either verifies; under a third key, never.
+    /// Raw keys and keys derived from a ring of operator secrets alike.
+    #[test]
+    fn a_ring_of_two_keys_verifies_ids_of_either_and_no_other(
+        keys in prop::collection::vec(prop::collection::vec(any::<u8>(), 32..=48), 3),
+        minter in 0usize..3,
+        values in prop::collection::vec(pipe_free_value(), COVERED),
+    ) {
+        prop_assume!(keys[0] != keys[1] && keys[2] != keys[0] && keys[2] != keys[1]);
+        let raw_ring = IdKeys::new([keys[0].as_slice(), keys[1].as_slice()]);
+        let raw = signed(&IdKeys::new([keys[minter].as_slice()]), &values, String::new());
+        prop_assert_eq!(raw_ring.verify(&raw), minter < 2);
+
+        let secrets = |picked: &[usize]| SecretRing::new(picked.iter().map(|&i| keys[i].clone()).collect()).unwrap();
+        let derived_ring = IdKeys::derive(&secrets(&[0, 1]));
+        let derived = signed(&IdKeys::derive(&secrets(&[minter])), &values, String::new());
+        prop_assert_eq!(derived_ring.verify(&derived), minter < 2);
+        // The ring mints with its first key, and a raw key is not its derived key.
+        prop_assert_eq!(raw_ring.id(&raw), IdKeys::new([keys[0].as_slice()]).id(&raw));
+        prop_assert!(!derived_ring.verify(&raw));
+    }
+
+    /// Canonical JSON read back is canonical again (one spelling per value), and the order of an
+    /// object's members in the text read does not matter. (serde_json keeps members sorted by
+    /// their UTF-8 bytes, so canonical() always re-sorts them by UTF-16 code units; the drawn keys
+    /// include characters on both sides of where the two orders differ.)
+    #[test]
+    fn jcs_is_idempotent_and_member_order_independent(value in json_value(), seed: u64) {
+        let canonical = jcs::canonical(&value);
+        let reread: Value = serde_json::from_str(&canonical).unwrap();
+        prop_assert_eq!(jcs::canonical(&reread), canonical.as_str());
+        let shuffled = shuffled_text(&value, seed);
+        let reparsed: Value = serde_json::from_str(&shuffled).unwrap();
+        prop_assert_eq!(jcs::canonical(&reparsed), canonical.as_str(), "from {}", shuffled);
+    }
+
+    #[test]
+    fn timestamps_round_trip(t in 0u64..=253_402_300_799) {
+        let text = rfc3339(t);
+        prop_assert_eq!(parse_rfc3339(&text), Some(t), "{}", text);
+    }
+
+    #[test]
+    fn base64url_round_trips(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+        let text = base64url_encode(&bytes);
+        prop_assert!(!text.contains('='));
+        prop_assert_eq!(base64url_decode(&text), Some(bytes));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// For any finite double, not only the ones `json_value` draws. Fails today: serde_json
+    /// without its `float_roundtrip` feature reads some shortest-round-trip spellings one ulp off
+    /// (`1.0715660391465826e-75` as `...825e-75`, `271475467187960000000` as
+    /// `271475467187960020000`), so canonical() of the value read differs from the text. Our own
+    /// challenges carry no numbers (amounts are strings), so no id depends on it today.
+    #[test]
+    #[ignore = "serde_json misreads some doubles without its float_roundtrip feature"]
+    fn jcs_is_idempotent_for_every_double(bits: u64) {
+        let x = f64::from_bits(bits);
+        prop_assume!(x.is_finite());
+        let canonical = jcs::canonical(&Value::from(x));
+        let reread: Value = serde_json::from_str(&canonical).unwrap();
+        prop_assert_eq!(jcs::canonical(&reread), canonical);
     }
 }
