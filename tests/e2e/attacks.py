@@ -296,6 +296,16 @@ class Gateway:
         assert r.status == 402, (r.status, r.text)
         return challenge_parts(r)
 
+    def buy_charge(self, path: str) -> tuple[dict[str, str], str, Any]:
+        """Ask for ``path`` on a route offering the Payment scheme and pay the Payment challenge's
+        invoice: (the challenge's parameters, the preimage hex, the 402)."""
+        from payment_support import decoded, payment_challenge
+        r = self.get(path)
+        assert r.status == 402, (r.status, r.text)
+        challenge = payment_challenge(r)
+        invoice = decoded(challenge["request"])["methodDetails"]["invoice"]
+        return challenge, self.sim.pay(invoice)["payment_preimage"], r
+
     def stop(self) -> None:
         self.envoy.stop()
         self.sim.stop()
