@@ -204,6 +204,19 @@ def mint_l402(secret_hex: str) -> str:
     return line
 
 
+def charges(secret_hex: str, count: int, connections: int) -> dict[str, str]:
+    """A file of `count` fresh Payment charges (and one spare per connection, for the requests in
+    flight when the run stops), for the wrk script: BENCH_CREDENTIALS and BENCH_REQUESTS."""
+    from payment_support import credential, mint_charge
+    path = RUN / "charges.txt"
+    with path.open("w") as f:
+        for _ in range(count + connections):
+            preimage = secrets.token_bytes(32)
+            challenge = mint_charge(secret_hex, SERVICE, 10, preimage, secrets.token_hex(32))
+            f.write(credential(challenge, preimage.hex()) + "\n")
+    return {"BENCH_CREDENTIALS": str(path), "BENCH_REQUESTS": str(count)}
+
+
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -255,11 +268,15 @@ class Target:
 
     def __init__(self, key: str, label: str, url: str, headers: list[str], expect: int,
                  envoy: PinnedEnvoy | None, connections: int, env: dict[str, str] | None = None,
-                 probe: Any = None):
+                 probe: Any = None, fresh: Any = None):
         self.key, self.label, self.url, self.headers, self.expect = key, label, url, headers, expect
         self.envoy, self.connections, self.env = envoy, connections, env or {}
         self.probe = probe  # (method, body) for the sanity check, default GET
+        self.fresh = fresh  # () -> environment for one wrk run, for single-use credentials
         self.runs: list[dict[str, Any]] = []
+
+    def run_env(self) -> dict[str, str]:
+        return {**self.env, **(self.fresh() if self.fresh else {})}
 
 
 def summarize(values: list[float]) -> dict[str, float]:
@@ -268,10 +285,11 @@ def summarize(values: list[float]) -> dict[str, float]:
 
 def measure(t: Target, seconds: int, warmup: int, envoy_cpu: int) -> dict[str, Any]:
     if warmup:
-        wrk(t.url, warmup, t.connections, t.headers, t.env)
+        wrk(t.url, warmup, t.connections, t.headers, t.run_env())
     pid = t.envoy.proc.pid if t.envoy else None
+    env = t.run_env()  # before the clock: minting single-use credentials is no part of the run
     cpu0 = time.monotonic(), core_busy_s(envoy_cpu), proc_cpu_s(pid) if pid else 0.0
-    res = wrk(t.url, seconds, t.connections, t.headers, t.env)
+    res = wrk(t.url, seconds, t.connections, t.headers, env)
     cpu1 = time.monotonic(), core_busy_s(envoy_cpu), proc_cpu_s(pid) if pid else 0.0
     n = res["requests"]
     envoy_cpu_s = cpu1[2] - cpu0[2]
@@ -296,6 +314,9 @@ def measure(t: Target, seconds: int, warmup: int, envoy_cpu: int) -> dict[str, A
 
 def sanity(t: Target) -> None:
     hdrs = dict(h.split(": ", 1) for h in t.headers)
+    if t.fresh:
+        with open(t.run_env()["BENCH_CREDENTIALS"]) as f:
+            hdrs["Authorization"] = f.readline().strip()
     method, body = t.probe or ("GET", None)
     r = http(method, t.url, headers=hdrs, body=body, timeout=10)
     if r.status != t.expect:
@@ -318,6 +339,8 @@ def main() -> int:
     ap.add_argument("--load-cpu", type=int, default=1)
     ap.add_argument("--long", action="store_true", help="also a 1-million-request run of (c), Envoy RSS before/after")
     ap.add_argument("--long-requests", type=int, default=1_000_000)
+    ap.add_argument("--charge-requests", type=int, default=20_000,
+                    help="requests per run of (g): each presents a new single-use charge")
     ap.add_argument("--only", help="comma-separated target keys (default: all)")
     ap.add_argument("--out", default=str(RUN / "results.json"))
     args = ap.parse_args()
@@ -356,13 +379,14 @@ def main() -> int:
         envoy_env = {"L402_SECRETS": secret, "LND_INVOICE_MACAROON_HEX": macaroon_hex}
         paid_route = {"match": {"path_prefix": "/"}, "service": SERVICE, "price_sat": 10, "capabilities": ["read"]}
 
-        def l402_config(tls: bool = False, free: bool = False, port: int | None = None, **extra: Any) -> str:
+        def l402_config(tls: bool = False, free: bool = False, port: int | None = None,
+                        route: dict[str, Any] | None = None, **extra: Any) -> str:
             port = port or (sim_tls.port if tls else sim.port)
             node = {"kind": "lnd", "upstream": "lnd", "authority": f"{'localhost' if tls else '127.0.0.1'}:{port}",
                     "credential": {"env": "LND_INVOICE_MACAROON_HEX"}, "timeout_ms": 3000}
             if tls:
                 node["tls"] = True
-            route = {"match": {"path_prefix": "/"}, "free": True} if free else paid_route
+            route = route or ({"match": {"path_prefix": "/"}, "free": True} if free else paid_route)
             return json.dumps({"secrets": {"env": "L402_SECRETS"}, "node": node, "routes": [route], **extra},
                               separators=(",", ":"))
 
@@ -416,6 +440,13 @@ def main() -> int:
             if want(f"d-{up}"):
                 e = envoy(f"d-{up}", up, jwt_filter)
                 targets.append(Target(f"d-{up}", "(d) jwt_authn HS256", f"http://127.0.0.1:{e.listen}{PATH}", bearer, 200, e, c))
+        if want("g-direct"):
+            # The Payment scheme's paid path: a charge is single-use, so each request presents a
+            # new one (minted here as the gateway would issue it), and counts its use in shared data.
+            charge_route = {"match": {"path_prefix": "/"}, "service": SERVICE, "price_sat": 10, "schemes": ["payment"]}
+            e = envoy("g-direct", "direct", wasm_filter("l402", L402_WASM, l402_config(route=charge_route)), lnd_plain)
+            targets.append(Target("g-direct", "(g) l402, paid with a Payment charge", f"http://127.0.0.1:{e.listen}{PATH}",
+                                  [], 200, e, c, fresh=lambda: charges(secret, args.charge_requests, c)))
         if want("x-headers-direct"):
             e = envoy("x-headers-direct", "direct", wasm_filter("empty", EMPTY_WASM, ":method,:path,authorization"))
             targets.append(Target("x-headers-direct", "(x) empty filter + 3 header reads", f"http://127.0.0.1:{e.listen}{PATH}", auth, 200, e, c))
@@ -467,9 +498,9 @@ def main() -> int:
                 sanity(t)
         # jwt_authn and l402 really check: no credential is refused.
         for t in targets:
-            if t.key.startswith(("c-", "d-")):
+            if t.key.startswith(("c-", "d-", "g-")):
                 r = http("GET", t.url, timeout=10)
-                want_status = 402 if t.key.startswith("c-") else 401
+                want_status = 401 if t.key.startswith("d-") else 402
                 if r.status != want_status:
                     raise RuntimeError(f"{t.key} without credential: expected {want_status}, got {r.status}")
 
@@ -477,7 +508,7 @@ def main() -> int:
         rss_start = {e.name: rss_kb(e.proc.pid) for e in all_envoys}
         log(f"{len(targets)} targets, {len(all_envoys)} Envoys; global warm-up 3 s each")
         for t in targets:
-            wrk(t.url, 3, t.connections, t.headers, t.env)
+            wrk(t.url, 3, t.connections, t.headers, t.run_env())
 
         meta = machine_info()
         meta["loadavg_start"] = os.getloadavg()
@@ -605,12 +636,16 @@ def build_results(targets: list[Target], meta: dict[str, Any], args: argparse.Na
         "cpu_us x-free - x-headers direct": diff("x-free-direct", "x-headers-direct", "envoy_cpu_us_per_req"),
         "cpu_us x-nohandoff - x-headers direct": diff("x-nohandoff-direct", "x-headers-direct", "envoy_cpu_us_per_req"),
         "cpu_us c - x-nohandoff direct": diff("c-direct", "x-nohandoff-direct", "envoy_cpu_us_per_req"),
+        # The Payment scheme's paid path beside L402's: a charge, counted single-use in shared data.
+        "g/b direct": ratio("g-direct", "b-direct"),
+        "cpu_us g-b direct": diff("g-direct", "b-direct", "envoy_cpu_us_per_req"),
+        "cpu_us g-c direct": diff("g-direct", "c-direct", "envoy_cpu_us_per_req"),
     }
     # Under contention the least-disturbed round is the better estimate of a cost: also the
     # differences of the per-configuration minima.
     for n, d in (("c-direct", "a-direct"), ("b-direct", "a-direct"), ("c-direct", "b-direct"), ("d-direct", "a-direct"),
                  ("c-nginx", "a-nginx"), ("x-headers-direct", "b-direct"), ("x-nohandoff-direct", "b-direct"),
-                 ("c-direct", "x-nohandoff-direct")):
+                 ("c-direct", "x-nohandoff-direct"), ("g-direct", "b-direct"), ("g-direct", "c-direct")):
         if n in configs and d in configs and configs[n]["envoy_cpu_us_per_req"] and configs[d]["envoy_cpu_us_per_req"]:
             derived[f"cpu_us {n[:-len(n.split('-')[-1]) - 1]}-{d[:-len(d.split('-')[-1]) - 1]} {n.split('-')[-1]}, minima"] = (
                 configs[n]["envoy_cpu_us_per_req"]["min"] - configs[d]["envoy_cpu_us_per_req"]["min"])
