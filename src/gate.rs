@@ -261,11 +261,13 @@ pub fn decide_paid<'c>(
         path: readings.canonical(),
     };
     let verified = match (presented.authorization, presented.macaroon) {
-        (Some(header), _) if is_l402_authorization(header) => {
-            cache.authenticate(config, header, authorization_form(config, header))
-        }
         (Some(header), _) if service.schemes.payment && is_payment_authorization(header) => {
             return decide_charge(config, route, method, header, presented.now);
+        }
+        // A route reads only the credentials of the dialects it offers.
+        _ if !service.schemes.l402 => return Decision::Challenge { service, refusal: None },
+        (Some(header), _) if is_l402_authorization(header) => {
+            cache.authenticate(config, header, authorization_form(config, header))
         }
         (Some(_), Some(header)) | (None, Some(header)) => cache.authenticate(config, header, Form::Grpc),
         // Another scheme (Basic, Bearer) is no L402 credential at all.
@@ -570,9 +572,13 @@ mod tests {
         assert_eq!(refusal(decide(&config, &mut cache, &view("/pay/x", Some(&weather), 0))), Some("wrong_service"));
         let cheap = charge(&config, "weather", 9, None);
         assert_eq!(refusal(decide(&config, &mut cache, &view("/v1/x", Some(&cheap), 0))), Some("wrong_price"));
-        // A route that does not offer the scheme reads no Payment credential at all.
+        // A route reads only the credentials of the dialects it offers.
         let legacy = charge(&config, "legacy", 1, None);
         assert_eq!(refusal(decide(&config, &mut cache, &view("/old/x", Some(&legacy), 0))), None);
+        let quotes_token = authorization(&token(&config, "quotes", None));
+        assert_eq!(refusal(decide(&config, &mut cache, &view("/pay/x", Some(&quotes_token), 0))), None);
+        let grpc = RequestView { macaroon: Some("00"), ..view("/pay/x", None, 0) };
+        assert_eq!(refusal(decide(&config, &mut cache, &grpc)), None);
         // Minted under another secret.
         let other =
             config_with_routes(json!([{ "match": {}, "service": "weather", "price_sat": 10, "schemes": ["payment"] }]));

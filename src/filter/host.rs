@@ -35,10 +35,12 @@ pub fn host_outside_request() -> Host {
     }
 }
 
-/// A request header as text; `Err` when it is present but not valid UTF-8.
-pub fn request_header(name: &str) -> Result<Option<String>, ()> {
+/// A request header as text; `Err` with its lossy reading when it is present but not valid UTF-8.
+pub fn request_header(name: &str) -> Result<Option<String>, String> {
     match hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name) {
-        Ok(Some(bytes)) => String::from_utf8(bytes).map(Some).map_err(drop),
+        Ok(Some(bytes)) => {
+            String::from_utf8(bytes).map(Some).map_err(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        }
         Ok(None) | Err(_) => Ok(None),
     }
 }

@@ -11,7 +11,7 @@ use crate::gate::{self, Decision, Presented, Refusal, Routing};
 use crate::l402::encoding::hex_encode;
 use crate::lightning::{parse_invoice, parse_settlement, Callout, MAX_RESPONSE_BYTES};
 use crate::metrics::Counter;
-use crate::payment::receipt;
+use crate::payment::{is_payment_authorization, receipt};
 use crate::policy::canonical_target;
 use crate::pricing::{parse_quote, Quote};
 use crate::response::{self, is_grpc, LocalResponse};
@@ -311,7 +311,9 @@ impl Http {
                 // A non-UTF-8 credential is a malformed credential, never a missing one.
                 let authorization = match host::request_header("authorization") {
                     Ok(value) => value,
-                    Err(()) => Some(String::from("L402 \u{fffd}")),
+                    // A Payment credential stays one (its lossy reading cannot verify).
+                    Err(lossy) if is_payment_authorization(&lossy) => Some(lossy),
+                    Err(_) => Some(String::from("L402 \u{fffd}")),
                 };
                 let macaroon = match authorization {
                     Some(_) => None,

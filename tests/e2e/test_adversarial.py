@@ -771,12 +771,6 @@ PAYMENT_CASES: list[tuple[str, Callable[[Ctx], Req], str, str | None]] = [
 
 # Cases where the filter does not (yet) answer as it should; strict, so a fix turns them into failures
 # to be moved back into the plain cases.
-PAYMENT_XFAIL = {
-    "non-utf8-credential": "a non-UTF-8 Authorization is read as `L402 \ufffd`: problem type verification-failed "
-                           "and an L402 detail, where a malformed Payment credential gets malformed-credential",
-    "l402-token-on-payment-only-route": "the gate reads L402 credentials on a route whose schemes are "
-                                        "[\"payment\"]: the token passes (200), and uses cannot be set there",
-}
 
 
 def assert_payment_refused(ctx: Ctx, req: Req, reason: str, problem: str | None) -> tuple[int, str | None]:
@@ -808,9 +802,7 @@ def assert_payment_refused(ctx: Ctx, req: Req, reason: str, problem: str | None)
     return status, reason
 
 
-@pytest.mark.parametrize("name,build,reason,problem", [
-    pytest.param(*case, id=case[0], marks=[pytest.mark.xfail(reason=PAYMENT_XFAIL[case[0]], strict=True)]
-                 if case[0] in PAYMENT_XFAIL else []) for case in PAYMENT_CASES])
+@pytest.mark.parametrize("name,build,reason,problem", [pytest.param(*case, id=case[0]) for case in PAYMENT_CASES])
 def test_payment_attack_never_reaches_upstream(fresh: Ctx, name, build, reason, problem):
     req = build(fresh)
     fresh.up.clear()  # builders buy charges, and some redeem one first
