@@ -146,7 +146,8 @@ run_tests() {
 }
 
 run_demo() {
-    .venv/bin/python demo/demo.py "$@"
+    # exec: a signal sent to ./build.sh demo (timeout, kill) reaches the demo, which stops what it started.
+    exec .venv/bin/python demo/demo.py "$@"
 }
 
 # Needs wrk, nginx and taskset (apt as root); builds the l402 CLI (it mints the token) and the empty

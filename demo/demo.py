@@ -14,6 +14,7 @@ import base64
 import json
 import re
 import secrets
+import signal
 import sys
 import time
 from pathlib import Path
@@ -65,12 +66,16 @@ def main() -> int:
     parser.add_argument("--serve", action="store_true", help="keep everything running after the walk")
     args = parser.parse_args()
 
+    # SIGTERM (a service manager, `timeout`, `kill`) and SIGHUP (a closed terminal) stop the demo
+    # as Ctrl-C does: through the `finally` below, which stops everything it started.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     say(f"{BOLD}l402 demo{RESET}: an API behind an L402 paywall in Envoy, invoices from LNbits")
     step(0, "Starting LNbits (FakeWallet), the upstream API and Envoy with l402.wasm")
-    lnbits = LNbits().start()
-    upstream = Upstream().start()
-    envoy = None
+    lnbits, upstream, envoy = LNbits(), Upstream(), None
     try:
+        lnbits.start()
+        upstream.start()
         gateway = lnbits.create_wallet("gateway")
         payer = lnbits.create_wallet("payer")
         lnbits.fund(payer.id, 100_000)
@@ -132,18 +137,21 @@ def main() -> int:
             say(f"   curl -i -H 'Authorization: {credential}' {api}/v1/forecast")
             say(f"   pay an invoice: curl -s -X POST {lnbits.url}/api/v1/payments -H 'X-Api-Key: {payer.adminkey}' "
                 "-H 'Content-Type: application/json' -d '{\"out\": true, \"bolt11\": \"<invoice>\"}'")
-            say("Ctrl-C to stop.")
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
+            say("Ctrl-C (or SIGTERM) to stop.")
+            while True:
+                time.sleep(3600)
         return 0
+    except KeyboardInterrupt:
+        return 130
     finally:
         if envoy:
             envoy.stop()
         upstream.stop()
         lnbits.stop()
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":
