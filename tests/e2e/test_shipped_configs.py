@@ -101,8 +101,16 @@ def test_docker_compose(wasm):
     assert {"envoy", "lnbits", "api", "lnbits-setup"} <= set(services)
     named_volumes = set(doc.get("volumes") or {})
     mounts: dict[str, str] = {}
+    build = (ROOT / "build.sh").read_text()
+    pinned = {key: re.search(rf"^{key}=(\S+)$", build, re.M).group(1) for key in ("ENVOY_VERSION", "LNBITS_VERSION")}
     for name, svc in services.items():
-        assert ":" in svc["image"], f"{name}: image without a tag"
+        # Every image at a version (never a moving tag such as latest or v1.40-latest).
+        tag = svc["image"].rsplit(":", 1)[-1]
+        assert re.fullmatch(r"v?\d+(\.\d+)+(-[a-z0-9.]+)?", tag), f"{name}: {svc['image']} is not pinned to a version"
+    # The images of the components the tests run are the versions they run.
+    assert services["envoy"]["image"] == f"envoyproxy/envoy:v{pinned['ENVOY_VERSION']}"
+    assert services["lnbits"]["image"] == f"lnbits/lnbits:v{pinned['LNBITS_VERSION']}"
+    for name, svc in services.items():
         for dep in svc.get("depends_on", {}):
             assert dep in services, (name, dep)
         for vol in svc.get("volumes", []):
