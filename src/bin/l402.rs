@@ -162,21 +162,29 @@ struct Verify {
     /// A capability the request needs; repeat for several.
     #[arg(long = "capability", value_name = "CAP")]
     capabilities: Vec<String>,
-    /// Verify at this Unix time [default: now].
-    #[arg(long, value_name = "UNIX")]
-    now: Option<u64>,
-    /// The request's method, for a `<service>_methods` caveat.
-    #[arg(long, value_name = "METHOD", default_value = "GET")]
-    method: String,
-    /// The request's path, for `<service>_path` and `<service>_path_prefix` caveats.
-    #[arg(long, value_name = "PATH", default_value = "/")]
-    path: String,
+    #[command(flatten)]
+    request: RequestArgs,
     /// Print a JSON object: `valid`, then `token_id`, `payment_hash` and `caveats`, or `reason` and
     /// `detail`.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
     secrets: SecretSource,
+}
+
+/// The request a credential is verified for, and when.
+#[derive(Args)]
+struct RequestArgs {
+    /// Verify at this Unix time [default: now].
+    #[arg(long, value_name = "UNIX")]
+    now: Option<u64>,
+    /// The request's method (a token's `<service>_methods` caveat, a quoted charge's method).
+    #[arg(long, value_name = "METHOD", default_value = "GET")]
+    method: String,
+    /// The request's path, decoded (a token's `<service>_path` and `<service>_path_prefix` caveats,
+    /// a quoted charge's path).
+    #[arg(long, value_name = "PATH", default_value = "/")]
+    path: String,
 }
 
 /// Show a Payment credential's echoed challenge, decoded: its request (invoice, amount, payment
@@ -215,15 +223,8 @@ struct PaymentVerify {
     /// The route's price is quoted by the pricing endpoint: the charge must be for this method and path.
     #[arg(long)]
     quoted: bool,
-    /// Verify at this Unix time [default: now].
-    #[arg(long, value_name = "UNIX")]
-    now: Option<u64>,
-    /// The request's method.
-    #[arg(long, value_name = "METHOD", default_value = "GET")]
-    method: String,
-    /// The request's path (decoded).
-    #[arg(long, value_name = "PATH", default_value = "/")]
-    path: String,
+    #[command(flatten)]
+    request: RequestArgs,
     /// Print a JSON object: `valid`, then `challenge_id`, `payment_hash`, `token_id` and
     /// `amount_sat`, or `reason` and `detail`.
     #[arg(long)]
@@ -471,9 +472,9 @@ fn token_verify(args: &Verify) -> CliResult<ExitCode> {
     let need = Requirement {
         service: &args.service,
         capabilities: &args.capabilities,
-        now: args.now.unwrap_or_else(now),
-        method: &args.method,
-        path: &args.path,
+        now: args.request.now.unwrap_or_else(now),
+        method: &args.request.method,
+        path: &args.request.path,
     };
     let text = read_input(args.credential.as_deref())?;
     let outcome = parse_credential(&text).and_then(|c| verify(&ring, c, &need));
@@ -533,10 +534,10 @@ fn payment_verify(args: &PaymentVerify) -> CliResult<ExitCode> {
         service: &args.service,
         price_msat: args.price_sat.map(|sat| sat.saturating_mul(1000)),
         quoted: args.quoted,
-        method: &args.method,
+        method: &args.request.method,
     };
-    let outcome = payment::verify(&keys, payment_value(&text), args.now.unwrap_or_else(now))
-        .and_then(|charge| charge.issued_for(&route, std::iter::once(args.path.as_str())).map(|()| charge));
+    let outcome = payment::verify(&keys, payment_value(&text), args.request.now.unwrap_or_else(now))
+        .and_then(|charge| charge.issued_for(&route, std::iter::once(args.request.path.as_str())).map(|()| charge));
     let (code, out) = match &outcome {
         Ok(charge) => (
             ExitCode::SUCCESS,
