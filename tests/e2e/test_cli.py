@@ -18,8 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SUBCOMMANDS = [[], ["token"], ["token", "mint"], ["token", "inspect"], ["token", "verify"], ["config"],
-               ["config", "check"], ["completions"]]
+SUBCOMMANDS = [[], ["token"], ["token", "mint"], ["token", "inspect"], ["token", "verify"], ["payment"],
+               ["payment", "inspect"], ["payment", "verify"], ["config"], ["config", "check"], ["completions"]]
 
 
 @pytest.fixture(scope="module")
