@@ -87,13 +87,13 @@ def api() -> Iterator[RecordingUpstream]:
 def gateway(request: pytest.FixtureRequest, api: RecordingUpstream,
             wasm_module: Path) -> Iterator[Callable[..., Engine]]:
     """`gateway(config, nginx, **Engine kwargs)` → a started engine serving the filter in front of the
-    recording API, stopped after the test (its error log's tail printed if the test failed); the
-    API's log starts empty."""
+    recording API (or of 127.0.0.1:`api_port`, e.g. a server of `http_extra` in front of it), stopped
+    after the test (its error log's tail printed if the test failed); the API's log starts empty."""
     started: list[Engine] = []
     api.clear()
 
-    def make(config: Any, nginx: str, **kw: Any) -> Engine:
-        engine = Engine(nginx, api.port, config, **kw)
+    def make(config: Any, nginx: str, api_port: int | None = None, **kw: Any) -> Engine:
+        engine = Engine(nginx, api_port or api.port, config, **kw)
         started.append(engine)
         return engine.start()
 
