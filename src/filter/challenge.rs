@@ -13,10 +13,18 @@ use crate::payment::wire::rfc3339;
 use crate::payment::{charge_request, Binding, Params};
 use crate::policy::path_only;
 use crate::pricing::{price_request, Quote};
-use crate::response::{self, LocalResponse, Offer};
+use crate::response::{self, LocalResponse};
 use crate::store;
 use proxy_wasm::types::{Action, LogLevel};
 use std::rc::Rc;
+
+/// What an unpaid request will be offered: the route's service, the token id of the purchase (drawn
+/// before any call, its use counter created with it), and what was wrong with the credential.
+pub(super) struct Offer {
+    pub(super) service: Service,
+    pub(super) token_id: [u8; 32],
+    pub(super) refusal: Option<Refusal>,
+}
 
 impl Http {
     /// An unpaid request: a freebie if the route grants one, a 429 past the challenge limit,
@@ -55,19 +63,28 @@ impl Http {
             }
         }
 
-        match (&config.pricing, service.dynamic_price) {
+        let Some(token_id) = host::random_token_id() else {
+            shared.count(Counter::GatewayErrors);
+            self.respond(&response::gateway_failure("no randomness available for a token id"));
+            return Action::Pause;
+        };
+        // Before any call: where the host traps on shared data (Kong without its zone), a trap here
+        // ends the request, while one in a call's callback lets the engine resume it.
+        self.create_use_counter(&service, &token_id);
+        let offer = Offer { service, token_id, refusal };
+        match (&config.pricing, offer.service.dynamic_price) {
             (Some(pricing), true) => {
                 let cached = shared.quotes.borrow().get(&self.method, &self.path, host::now_unix()).cloned();
                 if let Some(quote) = cached {
-                    return self.invoice(service, quote, refusal);
+                    return self.invoice(offer, quote);
                 }
                 let headers: Vec<(String, String)> =
                     pricing.headers.iter().filter_map(|name| header(name).map(|value| (name.clone(), value))).collect();
-                let request = price_request(pricing, &self.method, &self.path, &service.name, &headers);
-                self.call(&pricing.endpoint, &request, Waiting::Price { service, refusal })
+                let request = price_request(pricing, &self.method, &self.path, &offer.service.name, &headers);
+                self.call(&pricing.endpoint, &request, Waiting::Price(offer))
             }
-            _ => match Self::static_quote(&service) {
-                Some(quote) => self.invoice(service, quote, refusal),
+            _ => match Self::static_quote(&offer.service) {
+                Some(quote) => self.invoice(offer, quote),
                 None => {
                     self.respond(&response::gateway_failure("the route has no price"));
                     Action::Pause
@@ -81,14 +98,10 @@ impl Http {
     }
 
     /// Asks the node for an invoice at the quoted price.
-    pub(super) fn invoice(&mut self, service: Service, mut quote: Quote, refusal: Option<Refusal>) -> Action {
+    pub(super) fn invoice(&mut self, offer: Offer, mut quote: Quote) -> Action {
         let shared = Rc::clone(&self.shared);
         let config = &shared.config;
-        let Some(token_id) = host::random_token_id() else {
-            shared.count(Counter::GatewayErrors);
-            self.respond(&response::gateway_failure("no randomness available for a token id"));
-            return Action::Pause;
-        };
+        let Offer { service, token_id, refusal } = offer;
         quote.price_msat = invoiceable_msat(config.node.kind, quote.price_msat);
         if service.schemes.payment {
             // The Payment scheme's charge request states whole satoshis.
@@ -107,21 +120,21 @@ impl Http {
     }
 
     /// The pricing endpoint answered (or failed): invoice at its price, or as the fallback says.
-    pub(super) fn priced(&mut self, service: Service, refusal: Option<Refusal>, answer: Result<Quote, NodeError>) {
+    pub(super) fn priced(&mut self, offer: Offer, answer: Result<Quote, NodeError>) {
         let shared = Rc::clone(&self.shared);
         let Some(pricing) = &shared.config.pricing else { return };
         match answer {
             Ok(quote) => {
                 let until = host::now_unix().saturating_add(pricing.cache_s);
                 shared.quotes.borrow_mut().put(&self.method, &self.path, quote.clone(), until);
-                self.invoice(service, quote, refusal);
+                self.invoice(offer, quote);
             }
             Err(error) => {
                 shared.count(Counter::PricingErrors);
                 host::log(LogLevel::Warn, &format!("pricing call failed: {}", error.code()));
-                match (pricing.on_error, Self::static_quote(&service)) {
+                match (pricing.on_error, Self::static_quote(&offer.service)) {
                     (PricingFallback::Static, Some(quote)) => {
-                        self.invoice(service, quote, refusal);
+                        self.invoice(offer, quote);
                     }
                     _ => self.respond(&response::pricing_failure(&error)),
                 }
@@ -163,7 +176,7 @@ impl Http {
         let macaroon = service.schemes.l402.then(|| base64_encode(&mint(&config.secrets, &grant).encode()));
         let payment =
             service.schemes.payment.then(|| self.payment_challenge(service, quote, token_id, payment_hash, invoice));
-        let offer = Offer {
+        let offer = response::Offer {
             service: &service.name,
             price_msat: quote.price_msat,
             macaroon_b64: macaroon.as_deref(),

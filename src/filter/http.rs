@@ -3,6 +3,7 @@
 //! invoice from the node and a 402.
 
 use super::admission::Admission;
+use super::challenge::Offer;
 use super::host::{self, Host, HostStore};
 use super::root::Shared;
 use crate::config::{Config, Endpoint, OnStoreError, Service};
@@ -25,7 +26,7 @@ use std::time::Duration;
 /// What a paused request waits for.
 pub(super) enum Waiting {
     /// The pricing endpoint's quote for a dynamically priced route.
-    Price { service: Service, refusal: Option<Refusal> },
+    Price(Offer),
     /// The node's invoice, to answer with a challenge.
     Invoice { service: Service, quote: Quote, token_id: [u8; 32], refusal: Option<Refusal> },
     /// The node's word that the token's invoice is settled.
@@ -197,15 +198,14 @@ impl Context for Http {
         // One byte past the limit is enough for the parsers to refuse an oversized answer.
         let body = host::call_response_body(body_size.min(MAX_RESPONSE_BYTES.saturating_add(1)));
         let action = match waiting {
-            Waiting::Price { service, refusal } => {
-                self.priced(service, refusal, parse_quote(status, &body));
+            Waiting::Price(offer) => {
+                self.priced(offer, parse_quote(status, &body));
                 Action::Pause
             }
             Waiting::Invoice { service, quote, token_id, refusal } => {
                 match parse_invoice(config.node.kind, status, &body) {
                     Ok(invoice) => {
                         shared.count(Counter::ChallengesIssued);
-                        self.create_use_counter(&service, &token_id);
                         let reply = self.payment_required(
                             &service,
                             &quote,

@@ -9,7 +9,8 @@ shared-memory zone a Payment route needs.
 What differs from Envoy, by the engine (docs/kong.md): the challenges share one WWW-Authenticate
 value (Envoy sends one field each), the credential reaches the API blanked (Envoy removes it), a
 client's metering header is refused with 400, and the shared data needs the default zone. Without
-that zone a filter bug lets an unpaid request through (the xfail test at the end).
+that zone every shared-data call traps the module: the filter makes them before any call, where a
+trap ends the request with nginx's 500 (the tests at the end).
 """
 
 from __future__ import annotations
@@ -430,13 +431,6 @@ def test_without_the_zone_a_charge_never_passes(nginx, gateway, lnd, api):
     assert api_paths(api) == ["/health"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "filter bug on Kong's engine: without the default zone, the use counter a Payment route (or a "
-    "`uses` route) creates when its challenge is issued is written in on_http_call_response; the "
-    "write traps the module there, and ngx_wasm_module then resumes the paused request (\"filter "
-    "chain failed resuming: previous error (instance trapped)\"): the API receives the unpaid "
-    "request and the client gets its 200. Expected: never the API (e.g. create the counter in "
-    "`invoice()` before the node call, where a trap gives nginx's 500)"))
 @pytest.mark.parametrize("path", ["/pay/q", "/once/q", "/uses/q"])
 def test_without_the_zone_an_unpaid_request_never_reaches_the_api(nginx, gateway, lnd, api, path):
     """A Payment route, a `uses` route with both dialects, and an L402-only `uses` route (which,
