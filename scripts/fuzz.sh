@@ -42,6 +42,7 @@ fi
 max_len() {
     case $1 in
         credential_header) echo 8500 ;;   # MAX_CREDENTIAL_HEADER is 8320
+        payment_credential) echo 8500 ;;  # payment's MAX_CREDENTIAL_HEADER is 8192
         macaroon_decode) echo 4200 ;;     # MAX_MACAROON_BYTES is 4096
         *) echo 4096 ;;
     esac

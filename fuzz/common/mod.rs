@@ -6,6 +6,8 @@
 use l402::config::Config;
 use l402::l402::encoding::{base64_encode, hex_encode};
 use l402::l402::{mint, Grant, Macaroon, SecretRing};
+use l402::payment::wire::{base64url_encode, rfc3339};
+use l402::payment::{charge_request, Binding, Charge, IdKeys, Params};
 use sha2::{Digest, Sha256};
 
 /// The secret every target verifies with (hex of 32 bytes 0x11).
@@ -330,4 +332,112 @@ pub fn model_admits(
         return Err("no capabilities caveat".to_owned());
     }
     Ok(())
+}
+
+/// The time (Unix seconds) the Payment credentials of the fuzz targets are verified at.
+pub const PAYMENT_NOW: u64 = 1_800_000_000;
+
+/// The challenge-id keys of [`ring`], as the gate derives them from its secrets.
+pub fn payment_keys() -> IdKeys {
+    IdKeys::derive(&ring())
+}
+
+pub fn other_payment_keys() -> IdKeys {
+    IdKeys::derive(&other_ring())
+}
+
+/// `Authorization: Payment` for `challenge` and a preimage as it is written in the payload.
+pub fn payment_header(challenge: &Params, preimage: &str) -> String {
+    let json = serde_json::json!({ "challenge": challenge, "payload": { "preimage": preimage } });
+    format!("Payment {}", base64url_encode(json.to_string().as_bytes()))
+}
+
+/// A Lightning charge to issue and pay, written as `!` and then one field a line: realm,
+/// description, amount in satoshis (1 unless a positive number), invoice, service, `METHOD path`
+/// of a quoted price (empty for none), token id seed, lifetime in seconds, preimage seed, and
+/// single-character changes `position:byte` separated by spaces (positions are taken modulo the
+/// length of the credential's token). Seeds are hashed into 32 bytes. A missing line is empty.
+pub struct ChargeSpec<'a> {
+    pub realm: &'a str,
+    pub description: &'a str,
+    pub amount_sat: u64,
+    pub invoice: &'a str,
+    pub service: &'a str,
+    pub quoted: Option<(&'a str, &'a str)>,
+    pub token_id: [u8; 32],
+    pub lifetime_s: u64,
+    pub preimage: [u8; 32],
+    pub changes: Vec<(usize, u8)>,
+}
+
+pub const MAX_CHARGE_CHANGES: usize = 16;
+
+impl<'a> ChargeSpec<'a> {
+    pub fn parse(text: &'a str) -> Option<ChargeSpec<'a>> {
+        let mut lines = text.strip_prefix('!')?.split('\n');
+        let mut line = || lines.next().unwrap_or("");
+        let (realm, description) = (line(), line());
+        let amount_sat = line().trim().parse::<u64>().ok().filter(|a| *a > 0).unwrap_or(1);
+        let (invoice, service) = (line(), line());
+        let quoted = line().split_once(' ');
+        let token_id = Sha256::digest(line().as_bytes()).into();
+        let lifetime_s = line().trim().parse().unwrap_or(60);
+        let preimage = Sha256::digest(line().as_bytes()).into();
+        let changes = line()
+            .split(' ')
+            .filter_map(|c| c.split_once(':'))
+            .filter_map(|(at, byte)| Some((at.parse().ok()?, byte.parse().ok()?)))
+            .take(MAX_CHARGE_CHANGES)
+            .collect();
+        Some(ChargeSpec {
+            realm,
+            description,
+            amount_sat,
+            invoice,
+            service,
+            quoted,
+            token_id,
+            lifetime_s,
+            preimage,
+            changes,
+        })
+    }
+
+    pub fn payment_hash(&self) -> [u8; 32] {
+        Sha256::digest(self.preimage).into()
+    }
+
+    /// Always after [`PAYMENT_NOW`], and within four-digit years.
+    pub fn expires(&self) -> u64 {
+        PAYMENT_NOW + 1 + self.lifetime_s % 1_000_000_000
+    }
+
+    pub fn binding(&self) -> Binding {
+        Binding {
+            service: self.service.to_owned(),
+            token_id: hex_encode(&self.token_id),
+            method: self.quoted.map(|(method, _)| method.to_owned()),
+            path: self.quoted.map(|(_, path)| path.to_owned()),
+        }
+    }
+
+    /// The challenge as the gate issues it, its id set by `keys`.
+    pub fn challenge(&self, keys: &IdKeys) -> Params {
+        let request = charge_request(self.amount_sat, self.description, self.invoice, &self.payment_hash());
+        let mut params = Params::charge(self.realm.to_owned(), request, rfc3339(self.expires()), &self.binding());
+        params.description = self.description.to_owned();
+        keys.sign(&mut params);
+        params
+    }
+
+    /// What `payment::verify` must find in the paid credential.
+    pub fn charge(&self, challenge: &Params) -> Charge {
+        Charge {
+            challenge_id: challenge.id.clone(),
+            payment_hash: self.payment_hash(),
+            token_id: self.token_id,
+            amount_sat: self.amount_sat,
+            binding: self.binding(),
+        }
+    }
 }

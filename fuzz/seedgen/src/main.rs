@@ -5,8 +5,9 @@
 #[path = "../../common/mod.rs"]
 mod common;
 
-use common::{MintSpec, GATE_CONFIG, PREIMAGE};
+use common::{ChargeSpec, MintSpec, GATE_CONFIG, PREIMAGE};
 use l402::l402::encoding::{base64_encode, hex_encode};
+use l402::payment::wire::{base64url_encode, rfc3339};
 use std::fs;
 use std::path::Path;
 
@@ -38,6 +39,7 @@ fn main() {
     write("config_parse", "gate", GATE_CONFIG.as_bytes());
     write("config_parse", "lnd-env", br#"{"secrets":{"env":"L402_SECRETS"},"node":{"kind":"lnd","upstream":"lnd","authority":"lnd:8080","tls":true,"credential":{"env":"NODE_CREDENTIAL"},"timeout_ms":5000},"invoice":{"expiry_s":300,"memo":"{service} via l402"},"routes":[{"match":{"path":"/v1/a","methods":["get","post"]},"service":"a.b-c","price_msat":1500,"capabilities":["r","w"]},{"match":{},"free":true}],"unmatched":"free","challenge":{"lsat_header":false}}"#);
     write("config_parse", "globs", br#"{"secrets":["1111111111111111111111111111111111111111111111111111111111111111"],"node":{"kind":"lnbits","upstream":"lnbits","authority":"lnbits:5000","credential":"k"},"routes":[{"match":{"path_glob":"/v1/*/x*y/**","host":"*.example.com"},"service":"g","price_sat":2,"restrict":{"path_prefix":"/v1/","methods":["GET"]}},{"match":{"path_glob":"/**/z","host":"api.local"},"free":true}]}"#);
+    write("config_parse", "payment", br#"{"secrets":["1111111111111111111111111111111111111111111111111111111111111111"],"node":{"kind":"lnbits","upstream":"lnbits","authority":"lnbits:5000","credential":"k"},"schemes":["l402","payment"],"payment":{"realm":"api.example.com"},"routes":[{"match":{"path_prefix":"/v1/"},"service":"weather","price_sat":10},{"match":{"path_prefix":"/pay/"},"service":"quotes","price_msat":5000,"schemes":["payment"]}]}"#);
     write("config_parse", "cln", br#"{"secrets":["1111111111111111111111111111111111111111111111111111111111111111"],"node":{"kind":"cln","upstream":"cln","authority":"cln:3010","credential":"rune"},"routes":[{"match":{"path_prefix":"/"},"service":"all","price_sat":1}]}"#);
 
     // node_response: first byte 100 → status 200; bodies in each node's answer shape.
@@ -76,5 +78,59 @@ fn main() {
     ];
     for (name, text) in gate {
         write("gate", name, text.as_bytes());
+    }
+
+    // payment_credential: charges issued and paid as specs (the target builds the credential and
+    // changes single characters of its token), and credentials as sent: a valid one, the scheme in
+    // lower case, a padded token, and near misses.
+    let specs: &[(&str, &str)] = &[
+        ("spec", "!weather\n\n10\nlnbcrt100n1pexample\nweather\n\ntoken\n300\npreimage\n0:65 10:48 100:97 200:61 300:95 400:45 500:43"),
+        ("spec-quoted", "!api \"quoted\" | realm\ncaf\u{e9} \\ Q&A\n21\nlnbc210n1pexample\ngeo\nGET /v2/eu/forecast\nid\n5\nx\n7:0 77:126 177:47 277:61 377:32"),
+        ("spec-empty", "!\n\n\n\n\n\n\n\n\n"),
+    ];
+    for (name, text) in specs {
+        write("payment_credential", name, text.as_bytes());
+    }
+    let spec = ChargeSpec::parse(specs[0].1).unwrap();
+    let keys = common::payment_keys();
+    let challenge = spec.challenge(&keys);
+    let preimage = hex_encode(&spec.preimage);
+    let valid = common::payment_header(&challenge, &preimage);
+    let token = valid.strip_prefix("Payment ").unwrap();
+    let padded = format!("{valid}{}", "=".repeat((4 - token.len() % 4) % 4));
+    let expired = {
+        let mut c = challenge.clone();
+        c.expires = rfc3339(common::PAYMENT_NOW);
+        keys.sign(&mut c);
+        common::payment_header(&c, &preimage)
+    };
+    let tampered = {
+        let mut c = challenge.clone();
+        c.opaque = base64url_encode(br#"{"service":"admin","token_id":"00"}"#);
+        common::payment_header(&c, &preimage)
+    };
+    let session = {
+        let mut c = challenge.clone();
+        c.intent = "session".to_owned();
+        keys.sign(&mut c);
+        common::payment_header(&c, &preimage)
+    };
+    let no_payload = format!(r#"{{"challenge":{}}}"#, serde_json::to_string(&challenge).unwrap());
+    let near_misses: &[(&str, String)] = &[
+        ("valid", valid.clone()),
+        ("valid-lower", valid.replacen("Payment", "payment", 1)),
+        ("valid-padded", padded),
+        ("expired", expired),
+        ("other-key", common::payment_header(&spec.challenge(&common::other_payment_keys()), &preimage)),
+        ("wrong-preimage", common::payment_header(&challenge, &"00".repeat(32))),
+        ("short-preimage", common::payment_header(&challenge, "a3f1e2d4b5c6a7e8")),
+        ("tampered-opaque", tampered),
+        ("session", session),
+        ("no-payload", format!("Payment {}", base64url_encode(no_payload.as_bytes()))),
+        ("not-json", "Payment e29vcHN9".to_owned()),
+        ("trailing-bits", "Payment AB".to_owned()),
+    ];
+    for (name, text) in near_misses {
+        write("payment_credential", name, text.as_bytes());
     }
 }
