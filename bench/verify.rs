@@ -1,5 +1,6 @@
-//! Native cost of the paid path: parsing and verifying an L402 credential, and the gate's decision
-//! with the credential already in the verified cache.
+//! Native cost of the paid path: parsing and verifying an L402 credential, the gate's decision
+//! with the credential already in the verified cache, and verifying a Payment-scheme charge (never
+//! cached: each is single-use).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use l402::config::Config;
@@ -7,6 +8,8 @@ use l402::gate::{decide, Decision, RequestView, VerifiedCache};
 use l402::l402::encoding::{base64_encode, hex_encode};
 use l402::l402::header::parse_authorization;
 use l402::l402::{mint, verify, Grant, Requirement, SecretRing};
+use l402::payment::wire::{base64url_encode, rfc3339};
+use l402::payment::{self, charge_request, Binding, IdKeys, Params};
 use sha2::{Digest, Sha256};
 
 const SECRET: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
@@ -68,5 +71,24 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(verify_benches, benches);
+/// A paid charge as the gateway issues it, for a realistic invoice length.
+fn charge(keys: &IdKeys) -> String {
+    let invoice = format!("lnbcrt100n1{}", "q".repeat(330));
+    let binding = Binding { service: "weather".into(), token_id: hex_encode(&[1; 32]), ..Binding::default() };
+    let request = charge_request(10, "weather access", &invoice, &Sha256::digest(PREIMAGE).into());
+    let mut params = Params::charge("weather".into(), request, rfc3339(4_000_000_000), &binding);
+    keys.sign(&mut params);
+    let body = serde_json::json!({ "challenge": params, "payload": { "preimage": hex_encode(&PREIMAGE) } });
+    format!("Payment {}", base64url_encode(body.to_string().as_bytes()))
+}
+
+fn charge_benches(c: &mut Criterion) {
+    let keys = IdKeys::derive(&SecretRing::new(vec![vec![0x5a; 32]]).unwrap_or_else(|e| panic!("{e}")));
+    let header = charge(&keys);
+    c.bench_function(&format!("payment charge verify ({} bytes)", header.len()), |b| {
+        b.iter(|| payment::verify(&keys, black_box(&header), 1).unwrap_or_else(|e| panic!("{e}")))
+    });
+}
+
+criterion_group!(verify_benches, benches, charge_benches);
 criterion_main!(verify_benches);
