@@ -2,10 +2,13 @@
 //! and `l402 config check`. Parsing is strict (unknown fields are refused) and every error names the
 //! field it is about, so a bad config stops the plugin at load with a message an operator can act on.
 
+mod discovery;
 mod paths;
 mod routes;
 mod schemes;
 
+use discovery::RawDiscovery;
+pub use discovery::{Discovery, ServiceInfo};
 pub use paths::{EncodedSlashes, Paths};
 use routes::RawRoute;
 pub use routes::{Access, Freebies, Glob, HostMatch, PathMatch, Route, Service};
@@ -80,6 +83,12 @@ struct RawConfig {
     schemes: Option<Vec<String>>,
     #[serde(default)]
     payment: RawPayment,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    access_log_fields: bool,
+    #[serde(default)]
+    discovery: RawDiscovery,
 }
 
 #[derive(Deserialize)]
@@ -418,6 +427,14 @@ pub struct Config {
     pub payment_keys: IdKeys,
     /// The Payment challenge's realm; absent: the route's service.
     pub payment_realm: Option<String>,
+    /// Requests no paid route decides (free, unmatched, ambiguous) pass with the would-be decision.
+    pub dry_run: bool,
+    /// Whether any request may be in dry run, so the dry-run header is the filter's to set.
+    pub dry_run_anywhere: bool,
+    /// Publish each request's outcome for the proxy's access log.
+    pub access_log_fields: bool,
+    /// The manifest of public paid routes, if enabled.
+    pub discovery: Option<Discovery>,
 }
 
 impl Config {
@@ -597,7 +614,7 @@ impl RawConfig {
         let schemes = self.schemes.map(|names| Schemes::parse(&names, "schemes")).transpose()?.unwrap_or_default();
         let mut routes = Vec::with_capacity(self.routes.len());
         for (index, raw) in self.routes.into_iter().enumerate() {
-            let route = raw.validate(index, node.kind, fallback, schemes)?;
+            let route = raw.validate(index, node.kind, fallback, schemes, self.dry_run)?;
             if let Access::Paid(service) = &route.access {
                 if let Some((price, first)) = prices.get(&service.name) {
                     if *price != service.price_msat {
@@ -636,6 +653,8 @@ impl RawConfig {
             return Err(ConfigError::new("challenge.invalid_credential_status", "must be 402 or 401"));
         }
         let payment_keys = IdKeys::derive(&secrets);
+        let dry_run_anywhere =
+            self.dry_run || routes.iter().any(|r| matches!(&r.access, Access::Paid(service) if service.dry_run));
         Ok(Config {
             secrets,
             node: Node {
@@ -662,6 +681,10 @@ impl RawConfig {
             invalid_credential_status: self.challenge.invalid_credential_status,
             payment_keys,
             payment_realm: self.payment.realm()?,
+            dry_run: self.dry_run,
+            dry_run_anywhere,
+            access_log_fields: self.access_log_fields,
+            discovery: self.discovery.validate()?,
         })
     }
 }

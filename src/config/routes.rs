@@ -26,6 +26,8 @@ pub(super) struct RawRoute {
     #[serde(default)]
     dynamic_price: bool,
     schemes: Option<Vec<String>>,
+    dry_run: Option<bool>,
+    public: Option<bool>,
 }
 
 /// Requests a client network may make on a route before it is asked to pay.
@@ -74,6 +76,11 @@ impl Glob {
             && segments.iter().all(|s| s == "**" || !s.contains("**"))
             && segments.iter().filter(|s| *s == "**").count() <= 1;
         valid.then_some(Glob { segments })
+    }
+
+    /// The pattern as written.
+    pub fn pattern(&self) -> String {
+        self.segments.join("/")
     }
 
     pub fn matches(&self, path: &str) -> bool {
@@ -177,6 +184,10 @@ pub struct Service {
     pub freebies: Option<Freebies>,
     /// The 402 dialects offered, for one invoice.
     pub schemes: Schemes,
+    /// Decide but do not enforce: every request passes, with the would-be decision.
+    pub dry_run: bool,
+    /// Listed in the discovery manifest.
+    pub public: bool,
 }
 
 fn method_names(list: Option<Vec<String>>, field: impl Fn(usize) -> String) -> Result<Vec<String>, ConfigError> {
@@ -218,6 +229,7 @@ impl RawRoute {
         node: NodeKind,
         pricing: Option<PricingFallback>,
         default_schemes: Schemes,
+        default_dry_run: bool,
     ) -> Result<Route, ConfigError> {
         let field = |name: &str| format!("routes[{index}].{name}");
         let m = self.matcher;
@@ -237,9 +249,16 @@ impl RawRoute {
         let host = m.host.map(|h| host_match(h, field("match.host"))).transpose()?;
 
         let access = if self.free {
-            if self.service.is_some() || self.price_sat.is_some() || self.price_msat.is_some() || self.schemes.is_some()
+            let paid_only = [self.schemes.is_some(), self.dry_run.is_some(), self.public.is_some()];
+            if self.service.is_some()
+                || self.price_sat.is_some()
+                || self.price_msat.is_some()
+                || paid_only.contains(&true)
             {
-                return Err(ConfigError::new(field("free"), "a free route has no service, price or schemes"));
+                return Err(ConfigError::new(
+                    field("free"),
+                    "a free route has no service, price, schemes, dry_run or public",
+                ));
             }
             Access::Free
         } else {
@@ -321,6 +340,8 @@ impl RawRoute {
                 uses: self.uses,
                 freebies: self.freebies,
                 schemes,
+                dry_run: self.dry_run.unwrap_or(default_dry_run),
+                public: self.public.unwrap_or(true),
             })
         };
         Ok(Route { path, methods, host, access })

@@ -94,7 +94,7 @@ def full() -> dict[str, Any]:
             {"match": {"path_prefix": "/v1/", "methods": ["GET"], "host": "api.example.com"},
              "service": "weather", "price_sat": 10, "lifetime_s": 3600, "capabilities": ["read", "v1.x-y"],
              "restrict": {"path_prefix": "/v1/", "methods": ["GET"]}, "uses": 100,
-             "freebies": {"requests": 3, "period_s": 86400}},
+             "freebies": {"requests": 3, "period_s": 86400}, "dry_run": False, "public": False},
             # L402 alone: the top-level default offers Payment too, which prices in whole satoshis.
             {"match": {"path_glob": "/files/**/*.json", "host": "*.example.com"}, "service": "files",
              "price_msat": 1500, "free": False, "schemes": ["l402"]},
@@ -116,6 +116,11 @@ def full() -> dict[str, Any]:
         "paths": {"encoded_slashes": "allow"},
         "schemes": ["l402", "payment"],
         "payment": {"realm": "api.example.com"},
+        "dry_run": True,
+        "access_log_fields": True,
+        "discovery": {"enabled": True, "path": "/.well-known/services", "max_age_s": 60,
+                      "service": {"name": "Weather API", "description": "forecasts", "operator": "npub1example",
+                                  "contact": "ops@example.com"}},
     }
 
 
@@ -140,8 +145,10 @@ HAND_WRITTEN: dict[str, Any] = {
                              "routes": [{"match": {"path": None, "path_prefix": "/x", "path_glob": None, "methods": None,
                                                    "host": None},
                                          "service": "x", "price_sat": None, "price_msat": 5, "lifetime_s": None,
-                                         "uses": None, "freebies": None,
-                                         "restrict": {"path_prefix": None, "methods": None}}]},
+                                         "uses": None, "freebies": None, "dry_run": None, "public": None,
+                                         "restrict": {"path_prefix": None, "methods": None}}],
+                             "discovery": {"service": {"name": None, "description": None, "operator": None,
+                                                       "contact": None}}},
     # The parser checks lifetime, capabilities, restrict, uses and freebies only on paid routes.
     "free-route-ignores-paid-fields": {**minimal(), "routes": [
         {"match": {}, "free": True, "lifetime_s": 0, "capabilities": ["a b"], "uses": 0, "dynamic_price": True,
@@ -161,7 +168,10 @@ HAND_WRITTEN: dict[str, Any] = {
                    "routes": [{"match": {"path_glob": "/" + "/".join(["*"] * 31)}, "service": "s" * 64,
                                "price_sat": 18446744073709551, "lifetime_s": 1},
                               {"match": {"path_glob": "/**"}, "service": "t", "price_msat": 18446744073709551615}],
-                   "client_network": {"ipv4_prefix": 0, "ipv6_prefix": 128}},
+                   "client_network": {"ipv4_prefix": 0, "ipv6_prefix": 128},
+                   # 1024 characters (2048 bytes): the limit counts characters, as JSON Schema does.
+                   "discovery": {"enabled": False, "path": "/", "max_age_s": 31536000,
+                                 "service": {"description": "é" * 1024}}},
     "unicode-memo-and-credential": {**minimal(), "node": {**minimal()["node"], "credential": "rune ü ok"},
                                     "invoice": {"memo": "café ☕ {service}"}},
     # schemes: null is the default (L402 alone): any msat price, and uses.
@@ -624,6 +634,35 @@ INVALID: list[tuple[str, Callable[[], dict[str, Any]], str, Any, str]] = [
     ("realm-del", full, "payment.realm", "api\x7f", "payment.realm"),
     ("realm-unicode", full, "payment.realm", "café", "payment.realm"),
     ("realm-number", full, "payment.realm", 5, "payment.realm"),
+    # dry run: explicit booleans only, never on a free route
+    ("dry-run-string", full, "dry_run", "true", "dry_run"),
+    ("dry-run-number", full, "dry_run", 1, "dry_run"),
+    ("dry-run-null", full, "dry_run", None, "dry_run"),
+    ("route-dry-run-string", full, "routes.1.dry_run", "false", "routes[1].dry_run"),
+    ("free-with-dry-run", full, "routes.0.dry_run", False, "routes[0].free"),
+    # access_log_fields
+    ("access-log-fields-string", full, "access_log_fields", "yes", "access_log_fields"),
+    ("access-log-fields-null", full, "access_log_fields", None, "access_log_fields"),
+    # discovery, and the routes it lists
+    ("free-with-public", full, "routes.0.public", True, "routes[0].free"),
+    ("route-public-string", full, "routes.1.public", "no", "routes[1].public"),
+    ("unknown-discovery", full, "discovery.url", "x", "discovery.url"),
+    ("discovery-null", full, "discovery", None, "discovery"),
+    ("discovery-as-array", full, "discovery", [True], "discovery"),
+    ("discovery-enabled-string", full, "discovery.enabled", "true", "discovery.enabled"),
+    ("discovery-path-relative", full, "discovery.path", "services", "discovery.path"),
+    ("discovery-path-query", full, "discovery.path", "/services?x=1", "discovery.path"),
+    ("discovery-path-fragment", full, "discovery.path", "/services#x", "discovery.path"),
+    ("discovery-path-space", full, "discovery.path", "/a b", "discovery.path"),
+    ("discovery-path-null", full, "discovery.path", None, "discovery.path"),
+    ("discovery-max-age-negative", full, "discovery.max_age_s", -1, "discovery.max_age_s"),
+    ("discovery-max-age-over-a-year", full, "discovery.max_age_s", 31536001, "discovery.max_age_s"),
+    ("discovery-max-age-float", full, "discovery.max_age_s", 60.5, "discovery.max_age_s"),
+    ("discovery-service-null", full, "discovery.service", None, "discovery.service"),
+    ("discovery-service-unknown", full, "discovery.service.url", "x", "discovery.service.url"),
+    ("discovery-service-name-empty", full, "discovery.service.name", "", "discovery.service.name"),
+    ("discovery-service-contact-long", full, "discovery.service.contact", "c" * 1025, "discovery.service.contact"),
+    ("discovery-service-operator-number", full, "discovery.service.operator", 5, "discovery.service.operator"),
     # challenge.invalid_credential_status
     ("invalid-status-403", full, "challenge.invalid_credential_status", 403, "challenge.invalid_credential_status"),
     ("invalid-status-400", full, "challenge.invalid_credential_status", 400, "challenge.invalid_credential_status"),
