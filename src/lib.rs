@@ -29,6 +29,7 @@ pub mod gate;
 pub mod l402;
 pub mod lightning;
 pub mod metrics;
+pub mod outcome;
 pub mod payment;
 pub mod policy;
 pub mod pricing;

@@ -109,9 +109,16 @@ impl Counter {
 }
 
 /// Counts not yet published, one cell per counter.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Pending {
     cells: [Cell<u64>; COUNTERS],
+}
+
+// `Default` is derived for arrays of at most 32 elements.
+impl Default for Pending {
+    fn default() -> Pending {
+        Pending { cells: std::array::from_fn(|_| Cell::new(0)) }
+    }
 }
 
 const COUNTERS: usize = Counter::ALL.len();

@@ -10,6 +10,7 @@ use crate::l402::encoding::hex_encode;
 use crate::l402::Identifier;
 use crate::lightning::{settlement_request, NodeError};
 use crate::metrics::Counter;
+use crate::outcome::{Outcome, Record};
 use crate::payment::receipt::receipt;
 use crate::payment::PaymentError;
 use crate::store;
@@ -132,6 +133,8 @@ impl Http {
 
     pub(super) fn pass(&mut self, admission: &Admission) -> Action {
         self.shared.count(Counter::Paid);
+        let paid = Record::new(Outcome::Paid).service(&admission.service.name, admission.price_msat);
+        self.decided(&paid.token(&admission.identifier.token_id));
         self.hand_off(admission);
         if let Some(challenge_id) = &admission.charge {
             self.receipt = Some(receipt(challenge_id, &admission.identifier.payment_hash, host::now_unix()));

@@ -9,6 +9,7 @@ use crate::l402::encoding::{base64_encode, hex_encode};
 use crate::l402::{mint, Grant};
 use crate::lightning::{invoice_request, invoiceable_msat, InvoiceOrder, NodeError};
 use crate::metrics::Counter;
+use crate::outcome::{Outcome, Record};
 use crate::payment::wire::rfc3339;
 use crate::payment::{charge_request, Binding, Params};
 use crate::policy::path_only;
@@ -42,6 +43,7 @@ impl Http {
             match store::take_one(&HostStore, &key, freebies.requests) {
                 Ok(true) => {
                     shared.count(Counter::Freebies);
+                    self.decided(&Record::new(Outcome::Freebie).service(&service.name, service.price_msat));
                     self.remove_metering_headers();
                     return Action::Continue;
                 }
@@ -56,6 +58,8 @@ impl Http {
                 Ok(Ok(())) => {}
                 Ok(Err(retry_after_s)) => {
                     shared.count(Counter::ChallengesLimited);
+                    let record = Record::new(Outcome::RateLimited).reason("challenge_rate_limited");
+                    self.decided(&record.service(&service.name, service.price_msat));
                     self.respond(&response::too_many_challenges(retry_after_s));
                     return Action::Pause;
                 }
@@ -65,6 +69,7 @@ impl Http {
 
         let Some(token_id) = host::random_token_id() else {
             shared.count(Counter::GatewayErrors);
+            self.decided(&Record::new(Outcome::Error).reason("gateway_error"));
             self.respond(&response::gateway_failure("no randomness available for a token id"));
             return Action::Pause;
         };
@@ -86,6 +91,7 @@ impl Http {
             _ => match Self::static_quote(&offer.service) {
                 Some(quote) => self.invoice(offer, quote),
                 None => {
+                    self.decided(&Record::new(Outcome::Error).reason("gateway_error"));
                     self.respond(&response::gateway_failure("the route has no price"));
                     Action::Pause
                 }
@@ -136,7 +142,10 @@ impl Http {
                     (PricingFallback::Static, Some(quote)) => {
                         self.invoice(offer, quote);
                     }
-                    _ => self.respond(&response::pricing_failure(&error)),
+                    _ => {
+                        self.decided(&Record::new(Outcome::Error).reason("pricing_unavailable"));
+                        self.respond(&response::pricing_failure(&error));
+                    }
                 }
             }
         }
@@ -230,6 +239,7 @@ impl Http {
     pub(super) fn node_failed(&self, error: &NodeError) {
         self.shared.count(Counter::for_node_error(error));
         host::log(LogLevel::Warn, &format!("node call failed: {error}"));
+        self.decided(&Record::new(Outcome::Error).reason(error.code()));
         self.respond(&response::node_failure(error));
     }
 }

@@ -204,6 +204,21 @@ pub fn client_address() -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
+/// Sets a property of the request for the host to read (Envoy: filter state `wasm.<path>`; nginx:
+/// a declared variable at `ngx.<name>`). The SDK's `set_property` panics on any status but Ok, and
+/// nginx answers NotFound for a variable its configuration does not declare.
+pub fn set_property(path: &[&str], value: &str) -> bool {
+    let path = path.join("\0");
+    // SAFETY: both buffers outlive the call, which only reads them.
+    let status = unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) };
+    status == 0
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_set_property(path_data: *const u8, path_size: usize, value_data: *const u8, value_size: usize) -> u32;
+}
+
 pub fn resume_request() {
     if hostcalls::resume_http_request().is_err() {
         log(LogLevel::Error, "could not resume the request");

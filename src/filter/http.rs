@@ -12,6 +12,7 @@ use crate::gate::{self, Decision, Presented, Refusal, Routing};
 use crate::l402::encoding::hex_encode;
 use crate::lightning::{parse_invoice, parse_settlement, Callout, MAX_RESPONSE_BYTES};
 use crate::metrics::Counter;
+use crate::outcome::{Outcome, Record, NO_CREDENTIAL};
 use crate::payment::{is_payment_authorization, receipt};
 use crate::policy::canonical_target;
 use crate::pricing::{parse_quote, Quote};
@@ -152,6 +153,7 @@ impl Http {
         match (self.shared.config.on_store_error, admission) {
             (OnStoreError::FailOpen, Some(admission)) => self.pass(admission),
             _ => {
+                self.decided(&Record::new(Outcome::Error).reason("gateway_error"));
                 self.respond(&response::gateway_failure("the gateway's shared store is unavailable"));
                 Action::Pause
             }
@@ -172,6 +174,7 @@ impl Http {
             Err(()) => {
                 self.shared.count(Counter::GatewayErrors);
                 host::log(LogLevel::Warn, &format!("could not dispatch a call to {}", endpoint.upstream));
+                self.decided(&Record::new(Outcome::Error).reason("gateway_error"));
                 self.respond(&response::gateway_failure("a call from the gateway could not be dispatched"));
             }
         }
@@ -206,6 +209,11 @@ impl Context for Http {
                 match parse_invoice(config.node.kind, status, &body) {
                     Ok(invoice) => {
                         shared.count(Counter::ChallengesIssued);
+                        let outcome = match &refusal {
+                            Some(refusal) => Record::new(Outcome::Refused).reason(refusal.code()),
+                            None => Record::new(Outcome::Challenge).reason(NO_CREDENTIAL),
+                        };
+                        self.decided(&outcome.service(&service.name, Some(quote.price_msat)).token(&token_id));
                         let reply = self.payment_required(
                             &service,
                             &quote,
@@ -297,6 +305,7 @@ impl Http {
         if self.host == Host::Nginx {
             if let Some(name) = config.upstream_headers.names().find(|name| host::has_request_header(name)) {
                 shared.count(Counter::ReservedHeader);
+                self.decided(&Record::new(Outcome::ReservedHeader));
                 self.respond(&response::reserved_header(name));
                 return Action::Pause;
             }
@@ -345,6 +354,7 @@ impl Http {
         match decision {
             Decision::Free => {
                 shared.count(Counter::Free);
+                self.decided(&Record::new(Outcome::Free));
                 self.remove_metering_headers();
                 Action::Continue
             }
@@ -358,12 +368,14 @@ impl Http {
             }
             Decision::NoRoute => {
                 shared.count(Counter::NoRoute);
+                self.decided(&Record::new(Outcome::NoRoute));
                 self.respond(&response::no_route());
                 Action::Pause
             }
             Decision::Challenge { service, refusal } => self.challenge(service.clone(), refusal),
             Decision::AmbiguousPath(why) => {
                 shared.count(Counter::AmbiguousPath);
+                self.decided(&Record::new(Outcome::AmbiguousPath));
                 self.respond(&response::ambiguous_path(&why));
                 Action::Pause
             }

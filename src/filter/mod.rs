@@ -2,6 +2,7 @@
 //! the gate needs, dispatches the invoice callout and sends the gate's responses; every decision is
 //! made by the pure modules.
 
+mod access_log;
 mod admission;
 mod challenge;
 mod host;

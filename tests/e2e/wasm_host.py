@@ -46,6 +46,7 @@ def decode_map(data: bytes) -> list[tuple[str, str]]:
 class Request:
     headers: list[tuple[str, str]]
     properties: dict[str, bytes] = field(default_factory=dict)
+    set_properties: dict[str, bytes] = field(default_factory=dict)  # what the module set
     response: tuple[int, list[tuple[str, str]], bytes] | None = None  # a local response, if sent
     callouts: list[dict[str, Any]] = field(default_factory=list)
     continued: bool = False
@@ -111,6 +112,7 @@ class Host:
             ("env", "proxy_add_header_map_value"): self.h_add_header,
             ("env", "proxy_remove_header_map_value"): self.h_remove_header,
             ("env", "proxy_get_property"): self.h_get_property,
+            ("env", "proxy_set_property"): self.h_set_property,
             ("env", "proxy_get_shared_data"): self.h_get_shared,
             ("env", "proxy_set_shared_data"): self.h_set_shared,
             ("env", "proxy_send_local_response"): self.h_local_response,
@@ -185,6 +187,12 @@ class Host:
         path = self.read(pptr, psize).rstrip(b"\0").replace(b"\0", b".").decode()
         value = self.current.properties.get(path) if self.current else None
         return NOT_FOUND if value is None else self.give(value, ptr_ptr, size_ptr)
+
+    def h_set_property(self, pptr: int, psize: int, vptr: int, vsize: int) -> int:
+        assert self.current is not None
+        path = self.read(pptr, psize).replace(b"\0", b".").decode()
+        self.current.set_properties[path] = self.read(vptr, vsize)
+        return OK
 
     def h_get_shared(self, kptr: int, ksize: int, ptr_ptr: int, size_ptr: int, cas_ptr: int) -> int:
         entry = self.shared.get(self.read(kptr, ksize).decode())

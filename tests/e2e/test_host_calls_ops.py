@@ -1,0 +1,42 @@
+"""Host-call budgets of the operator features (test_host_calls.py has the default paths, which they
+leave unchanged): `access_log_fields` costs one call per request, the discovery manifest is answered
+from the calls a request makes anyway plus `If-None-Match`, and dry run sets its header instead of
+handing off. Each budget is exact, as in test_host_calls.py."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+from attacks import credential, py_mint, token_id
+from test_host_calls import BASE, CONFIG, FREE, PAID, READ, REMOVE, SECRET, SET, TIME, paid_credential
+from wasm_host import Host
+
+SET_PROPERTY, RESPOND = "proxy_set_property", "proxy_send_local_response"
+# A local response reads the content type (for the gRPC form), then sends.
+LOCAL = [READ, RESPOND]
+
+
+def host(wasm, **top) -> Host:
+    h = Host(str(wasm), json.dumps({**CONFIG, **top}))
+    assert h.configured
+    h.request(BASE + [(":path", "/health")])  # the first request of a worker also learns the host
+    return h
+
+
+def test_access_log_fields_cost_one_call(wasm):
+    h = host(wasm, access_log_fields=True)
+    auth = paid_credential()
+    request, calls = h.request(BASE + [(":path", "/v1/forecast"), ("authorization", auth)])
+    assert calls == PAID[:4] + [SET_PROPERTY] + PAID[4:], calls
+    record = f"outcome=paid service=weather price_msat=10000 token_id={token_id(auth)}"
+    assert request.set_properties == {"l402_decision": record.encode()}
+    request, calls = h.request(BASE + [(":path", "/health")])
+    assert calls == FREE[:2] + [SET_PROPERTY] + FREE[2:], calls
+    assert request.set_properties == {"l402_decision": b"outcome=free"}
+    request, calls = h.request(BASE + [(":path", "/nowhere")])
+    assert calls == [READ] * 2 + [SET_PROPERTY] + LOCAL, calls
+    assert request.set_properties == {"l402_decision": b"outcome=no_route"}
+    # Off, nothing is set (test_host_calls.py pins the calls).
+    _, calls = host(wasm).request(BASE + [(":path", "/v1/forecast"), ("authorization", auth)])
+    assert SET_PROPERTY not in calls
