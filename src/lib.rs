@@ -22,6 +22,7 @@
 
 pub mod callout;
 pub mod config;
+pub mod discovery;
 #[cfg(target_arch = "wasm32")]
 mod filter;
 pub mod fleet;

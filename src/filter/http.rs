@@ -312,6 +312,9 @@ impl Http {
         }
         let method = header(":method").unwrap_or_default();
         let path = target.unwrap_or_else(|| header(":path").unwrap_or_default());
+        if shared.manifest.as_ref().is_some_and(|manifest| manifest.serves(&path)) {
+            return self.serve_manifest(&method);
+        }
         let authority = if config.matches_host { header(":authority").unwrap_or_default() } else { String::new() };
         let mut credential_headers: &[&str] = &[];
         let decision = match gate::route(config, &method, &path, &authority) {

@@ -5,6 +5,7 @@
 mod access_log;
 mod admission;
 mod challenge;
+mod discovery;
 mod host;
 mod http;
 mod root;

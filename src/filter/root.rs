@@ -4,6 +4,7 @@
 use super::host::{self, Host};
 use super::http::{Http, Misconfigured};
 use crate::config::Config;
+use crate::discovery::Manifest;
 use crate::fleet;
 use crate::gate::VerifiedCache;
 use crate::metrics::{Counter, Pending, CALLOUT_LATENCY_MS};
@@ -33,6 +34,8 @@ pub struct Shared {
     pub latency_metric: Option<u32>,
     /// Learnt from the first request.
     pub host: Cell<Option<Host>>,
+    /// The discovery manifest, rendered once, if enabled.
+    pub manifest: Option<Manifest>,
 }
 
 impl Shared {
@@ -98,6 +101,7 @@ impl RootContext for Root {
                 self.counter_ids =
                     Counter::ALL.iter().map(|c| host::define_metric(MetricType::Counter, c.name())).collect();
                 self.shared = Some(Rc::new(Shared {
+                    manifest: Manifest::new(&config),
                     config,
                     cache: RefCell::new(VerifiedCache::new(CACHE_ENTRIES)),
                     fleet_revoked: RefCell::new(HashSet::new()),

@@ -40,3 +40,12 @@ def test_access_log_fields_cost_one_call(wasm):
     # Off, nothing is set (test_host_calls.py pins the calls).
     _, calls = host(wasm).request(BASE + [(":path", "/v1/forecast"), ("authorization", auth)])
     assert SET_PROPERTY not in calls
+
+
+def test_discovery_costs_the_paid_path_nothing(wasm):
+    h = host(wasm, discovery={"enabled": True})
+    request, calls = h.request(BASE + [(":path", "/.well-known/l402-services")])
+    assert calls == [READ] * 3 + LOCAL, calls  # method, path, If-None-Match
+    assert request.response[0] == 200 and json.loads(request.response[2])["routes"]
+    _, calls = h.request(BASE + [(":path", "/v1/forecast"), ("authorization", paid_credential())])
+    assert calls == PAID, calls

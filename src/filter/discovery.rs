@@ -1,0 +1,22 @@
+//! The discovery manifest, answered by the filter itself: no route, no upstream, no node.
+
+use super::http::{header, Http};
+use crate::discovery::Manifest;
+use crate::outcome::{Outcome, Record};
+use proxy_wasm::types::Action;
+use std::rc::Rc;
+
+impl Http {
+    pub(super) fn serve_manifest(&mut self, method: &str) -> Action {
+        let shared = Rc::clone(&self.shared);
+        let Some(manifest) = &shared.manifest else { return Action::Continue };
+        let response = if Manifest::allows(method) {
+            manifest.answer(header("if-none-match").as_deref())
+        } else {
+            Manifest::method_not_allowed()
+        };
+        self.decided(&Record::new(Outcome::Discovery));
+        self.respond(&response);
+        Action::Pause
+    }
+}
