@@ -57,6 +57,7 @@ counters! {
     GatewayErrors => "l402_gateway_errors",
     ReservedHeader => "l402_refused_reserved_header",
     UnadmittedResponses => "l402_unadmitted_responses_withheld",
+    DryRunPasses => "l402_dry_run_passes",
 }
 
 /// Name of the callout latency histogram, in milliseconds.

@@ -354,6 +354,11 @@ impl Http {
         // Kept (moved, not copied) for a pricing call this request may still need.
         self.method = method;
         self.path = canonical_target(&path, config.paths.encoded_slashes).unwrap_or(path);
+        if config.dry_run_anywhere {
+            if let Some(action) = self.dry_run(&decision) {
+                return action;
+            }
+        }
         match decision {
             Decision::Free => {
                 shared.count(Counter::Free);

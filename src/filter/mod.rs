@@ -6,6 +6,7 @@ mod access_log;
 mod admission;
 mod challenge;
 mod discovery;
+mod dry_run;
 mod host;
 mod http;
 mod root;

@@ -98,6 +98,9 @@ impl RootContext for Root {
         let bytes = host::plugin_configuration().unwrap_or_default();
         match Config::parse(&bytes, &|name| std::env::var(name).ok()) {
             Ok(config) => {
+                if config.dry_run_anywhere {
+                    host::log(LogLevel::Warn, "dry run is on: requests it covers pass upstream unpaid");
+                }
                 self.counter_ids =
                     Counter::ALL.iter().map(|c| host::define_metric(MetricType::Counter, c.name())).collect();
                 self.shared = Some(Rc::new(Shared {

@@ -49,3 +49,27 @@ def test_discovery_costs_the_paid_path_nothing(wasm):
     assert request.response[0] == 200 and json.loads(request.response[2])["routes"]
     _, calls = h.request(BASE + [(":path", "/v1/forecast"), ("authorization", paid_credential())])
     assert calls == PAID, calls
+
+
+def test_dry_run_sets_its_header_instead_of_handing_off(wasm):
+    routes = CONFIG["routes"] + [{"match": {"path_prefix": "/v2/"}, "service": "enforced", "price_sat": 1,
+                                  "dry_run": False}]
+    h = host(wasm, dry_run=True, routes=routes)
+    auth = paid_credential()
+    request, calls = h.request(BASE + [(":path", "/v1/forecast"), ("authorization", auth)])
+    assert request.continued and not request.callouts
+    # The header set, the client's copies of the metering headers removed, the credential kept.
+    assert calls == [READ] * 3 + [TIME, SET] + [REMOVE] * 3, calls
+    sent = dict(request.headers)
+    assert sent["x-l402-dry-run"] == f"paid; service=weather; price_msat=10000; token_id={token_id(auth)}"
+    assert sent["authorization"] == auth and "x-l402-token-id" not in sent
+    request, calls = h.request(BASE + [(":path", "/v1/forecast")])
+    assert request.continued and not request.callouts
+    assert dict(request.headers)["x-l402-dry-run"] == "challenge; reason=no_credential; service=weather; price_msat=10000"
+    # An enforced route of a dry-run config: the client's copy of the header is removed first.
+    preimage = secrets.token_bytes(32)
+    mac, _ = py_mint(SECRET, ["services=enforced:0"], preimage=preimage)
+    request, calls = h.request(BASE + [(":path", "/v2/x"), ("authorization", credential(mac, preimage)),
+                                       ("x-l402-dry-run", "paid")])
+    assert calls == PAID[:4] + [REMOVE] + PAID[4:], calls
+    assert "x-l402-dry-run" not in dict(request.headers)
