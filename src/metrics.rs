@@ -1,6 +1,7 @@
 //! The filter's counters. Requests only bump plain in-VM counters; the root context publishes the
 //! deltas to the host once a second, so the paid path spends no host call on metrics.
 
+use crate::config::{Access, Config};
 use crate::gate::Refusal;
 use crate::l402::VerifyError;
 use crate::lightning::NodeError;
@@ -140,9 +141,78 @@ impl Pending {
     }
 }
 
+/// The per-service counters, each published as `<name>.<service>` (Envoy's `stats_tags` can make
+/// the service a label: see envoy/lnd-tls.yaml).
+pub const SERVICE_PAID_REQUESTS: &str = "l402_service_paid_requests";
+/// The sum of the prices of a service's paid requests, at the price each token was bought at.
+pub const SERVICE_PAID_MSAT: &str = "l402_service_paid_msat";
+
+/// Paid requests and their prices per service, not yet published.
+#[derive(Debug, Default)]
+pub struct ServiceCounts {
+    names: Vec<String>,
+    /// (requests, msat), in the order of `names`.
+    cells: Vec<(Cell<u64>, Cell<u64>)>,
+}
+
+impl ServiceCounts {
+    /// One pair of counters per paid service of the configuration, in route order.
+    pub fn new(config: &Config) -> ServiceCounts {
+        let mut names: Vec<String> = Vec::new();
+        for route in &config.routes {
+            if let Access::Paid(service) = &route.access {
+                if !names.contains(&service.name) {
+                    names.push(service.name.clone());
+                }
+            }
+        }
+        let cells = names.iter().map(|_| Default::default()).collect();
+        ServiceCounts { names, cells }
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// A paid request; a few services, so a scan beats hashing the name.
+    pub fn paid(&self, service: &str, price_msat: Option<u64>) {
+        let Some(at) = self.names.iter().position(|name| name == service) else { return };
+        if let Some((requests, msat)) = self.cells.get(at) {
+            requests.set(requests.get().saturating_add(1));
+            msat.set(msat.get().saturating_add(price_msat.unwrap_or(0)));
+        }
+    }
+
+    /// Takes every non-zero pair as (service index, requests, msat), leaving zero behind.
+    pub fn drain(&self) -> impl Iterator<Item = (usize, u64, u64)> + '_ {
+        self.cells.iter().enumerate().filter_map(|(at, (requests, msat))| {
+            let (requests, msat) = (requests.take(), msat.take());
+            (requests > 0).then_some((at, requests, msat))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_counts_sum_requests_and_prices() {
+        let config = crate::testing::config_with_routes(serde_json::json!([
+            { "match": { "path_prefix": "/a/" }, "service": "weather", "price_sat": 10 },
+            { "match": { "path_prefix": "/free/" }, "free": true },
+            { "match": { "path_prefix": "/b/" }, "service": "files", "price_msat": 1500 },
+            { "match": { "path_prefix": "/c/" }, "service": "weather", "price_sat": 10 }
+        ]));
+        let counts = ServiceCounts::new(&config);
+        assert_eq!(counts.names(), ["weather", "files"]);
+        counts.paid("files", Some(1500));
+        counts.paid("files", None);
+        counts.paid("weather", Some(10_000));
+        counts.paid("nobody", Some(1));
+        assert_eq!(counts.drain().collect::<Vec<_>>(), [(0, 1, 10_000), (1, 2, 1500)]);
+        assert_eq!(counts.drain().count(), 0);
+    }
 
     #[test]
     fn counts_are_drained_once() {

@@ -133,6 +133,7 @@ impl Http {
 
     pub(super) fn pass(&mut self, admission: &Admission) -> Action {
         self.shared.count(Counter::Paid);
+        self.shared.service_counts.paid(&admission.service.name, admission.price_msat);
         let paid = Record::new(Outcome::Paid).service(&admission.service.name, admission.price_msat);
         self.decided(&paid.token(&admission.identifier.token_id));
         self.hand_off(admission);

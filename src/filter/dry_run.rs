@@ -52,6 +52,7 @@ impl Http {
             }
             Decision::Paid { identifier, preimage_proven, service, price_msat, .. } => {
                 shared.count(Counter::Paid);
+                shared.service_counts.paid(&service.name, *price_msat);
                 let record = Record::new(Outcome::Paid).service(&service.name, *price_msat).token(&identifier.token_id);
                 // Only the node could tell that this token's invoice is paid.
                 if config.node.strict || !preimage_proven {

@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::discovery::Manifest;
 use crate::fleet;
 use crate::gate::VerifiedCache;
-use crate::metrics::{Counter, Pending, CALLOUT_LATENCY_MS};
+use crate::metrics::{Counter, Pending, ServiceCounts, CALLOUT_LATENCY_MS, SERVICE_PAID_MSAT, SERVICE_PAID_REQUESTS};
 use crate::pricing::QuoteCache;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel, MetricType};
@@ -29,6 +29,7 @@ pub struct Shared {
     pub fleet_revoked: RefCell<HashSet<[u8; 32]>>,
     pub cache: RefCell<VerifiedCache>,
     pub counts: Pending,
+    pub service_counts: ServiceCounts,
     pub quotes: RefCell<QuoteCache>,
     /// The callout latency histogram, if the host could define it.
     pub latency_metric: Option<u32>,
@@ -55,6 +56,8 @@ pub struct Root {
     misconfigured: bool,
     /// Host metric ids, in the order of `Counter::ALL`.
     counter_ids: Vec<Option<u32>>,
+    /// Host metric ids of each service's (requests, msat), in the order of `ServiceCounts::names`.
+    service_ids: Vec<(Option<u32>, Option<u32>)>,
     /// When the fleet's revocation list is next read (unix seconds), and whether a read is under way.
     next_revocation_poll: u64,
     polling: bool,
@@ -103,12 +106,22 @@ impl RootContext for Root {
                 }
                 self.counter_ids =
                     Counter::ALL.iter().map(|c| host::define_metric(MetricType::Counter, c.name())).collect();
+                let service_counts = ServiceCounts::new(&config);
+                let define = |prefix: &str, service: &str| {
+                    host::define_metric(MetricType::Counter, &format!("{prefix}.{service}"))
+                };
+                self.service_ids = service_counts
+                    .names()
+                    .iter()
+                    .map(|name| (define(SERVICE_PAID_REQUESTS, name), define(SERVICE_PAID_MSAT, name)))
+                    .collect();
                 self.shared = Some(Rc::new(Shared {
                     manifest: Manifest::new(&config),
                     config,
                     cache: RefCell::new(VerifiedCache::new(CACHE_ENTRIES)),
                     fleet_revoked: RefCell::new(HashSet::new()),
                     counts: Pending::default(),
+                    service_counts,
                     quotes: RefCell::new(QuoteCache::default()),
                     latency_metric: host::define_metric(MetricType::Histogram, CALLOUT_LATENCY_MS),
                     host: Cell::new(None),
@@ -133,6 +146,11 @@ impl RootContext for Root {
             if let Some(Some(id)) = self.counter_ids.get(counter as usize) {
                 host::increment_metric(*id, count);
             }
+        }
+        for (at, requests, msat) in shared.service_counts.drain() {
+            let Some((requests_id, msat_id)) = self.service_ids.get(at) else { continue };
+            requests_id.iter().for_each(|id| host::increment_metric(*id, requests));
+            msat_id.iter().for_each(|id| host::increment_metric(*id, msat));
         }
     }
 
