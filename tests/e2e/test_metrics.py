@@ -6,6 +6,8 @@ Counters are published by the plugin once a second; histograms appear on Envoy's
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from typing import Iterator
 
@@ -14,6 +16,7 @@ import pytest
 from attacks import (
     GATEWAY_HEADERS, Gateway, RecordingUpstream, credential, extend, py_mint, token_id, wait_until,
 )
+from harness import ROOT
 from test_filter_support import challenge_parts, new_secret
 
 COUNTERS = [
@@ -157,6 +160,10 @@ def test_counters_and_histogram_are_exact(gw):
     assert got.get('l402_node_callout_ms_bucket{le="+Inf"}') == callouts
     assert 0 < got["l402_node_callout_ms_sum"] < callouts * 500 + 1
     assert got['l402_node_callout_ms_bucket{le="1000"}'] == callouts  # every call under the 500 ms timeout
+    # Per service (the shipped stats_tags make it a label), each at its token's price.
+    per_service = {s: (got.get(f'l402_service_paid_requests{{service="{s}"}}'),
+                       got.get(f'l402_service_paid_msat{{service="{s}"}}')) for s in ("weather", "files", "admin")}
+    assert per_service == {"weather": (6, 60000), "files": (2, 10000), "admin": (0, 0)}
 
     # The node was asked exactly once per callout, and the upstream saw exactly the paid + free ones.
     log = up.requests()
@@ -183,3 +190,58 @@ def test_counters_only_grow_by_what_happens(gw):
     got = settled(g, expected)
     assert {k: got.get(k) for k in COUNTERS} == expected
     assert got["l402_node_callout_ms_count"] == before["l402_node_callout_ms_count"]
+
+
+# -- docs/grafana-dashboard.json -----------------------------------------------------------------
+
+DASHBOARD = ROOT / "docs" / "grafana-dashboard.json"
+
+
+def source_metric_names() -> set[str]:
+    """The names src/metrics.rs publishes: every counter, the per-service counters and the latency
+    histogram's series."""
+    text = (ROOT / "src" / "metrics.rs").read_text()
+    counters = set(re.findall(r'=> "(l402_[a-z_]+)"', text))
+    consts = dict(re.findall(r'pub const ([A-Z_]+): &str = "(l402_[a-z_]+)"', text))
+    histogram = consts["CALLOUT_LATENCY_MS"]
+    return (counters | {consts["SERVICE_PAID_REQUESTS"], consts["SERVICE_PAID_MSAT"]}
+            | {f"{histogram}_{s}" for s in ("bucket", "sum", "count")})
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every query of the dashboard, its variables' included."""
+    doc = json.loads(DASHBOARD.read_text())
+    out = [(p["title"], t["expr"]) for p in doc["panels"] for t in p.get("targets", [])]
+    out += [(f"${v['name']}", v["query"]["query"]) for v in doc["templating"]["list"] if v["type"] == "query"]
+    return out
+
+
+def test_dashboard_reads_only_what_the_filter_exports(gw):
+    g, _ = gw
+    # A callout, so that the latency histogram has series; a paid request, for a service label.
+    assert g.get("/v1/forecast").status == 402
+    assert g.get("/v1/forecast", {"Authorization": g.buy()}).status == 200
+    live: dict[str, set[str]] = {}
+
+    def exported() -> bool:
+        for line in g.prometheus().splitlines():
+            if line.startswith("l402_"):
+                name, _, labels = line.partition("{")
+                live.setdefault(name, set()).add(labels.partition("}")[0])
+        return "l402_node_callout_ms_bucket" in live and "l402_service_paid_requests" in live
+
+    wait_until(exported, timeout=8, step=0.25)
+    exprs = dashboard_exprs()
+    used = {name for _, expr in exprs for name in re.findall(r"\bl402_[a-z0-9_]+\b", expr)}
+    assert used - set(live) == set(), "queries of metrics the filter does not export"
+    assert used - source_metric_names() == set()
+    # Every counter has its place (every refusal reason, every error); per-service queries group by
+    # the label the shipped stats_tags give.
+    assert source_metric_names() - {"l402_node_callout_ms_bucket", "l402_node_callout_ms_count"} <= used
+    assert {'service="weather"', 'service="admin"', 'service="files"'} <= live["l402_service_paid_msat"]
+    for title, expr in exprs:
+        if "by (service)" in expr:
+            assert re.search(r"\bl402_service_", expr), (title, expr)
+    doc = json.loads(DASHBOARD.read_text())
+    assert len({p["id"] for p in doc["panels"]}) == len(doc["panels"])
+    assert all(len({t["refId"] for t in p.get("targets", [])}) == len(p.get("targets", [])) for p in doc["panels"])
