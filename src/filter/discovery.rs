@@ -4,12 +4,9 @@ use super::http::{header, Http};
 use crate::discovery::Manifest;
 use crate::outcome::{Outcome, Record};
 use proxy_wasm::types::Action;
-use std::rc::Rc;
 
 impl Http {
-    pub(super) fn serve_manifest(&mut self, method: &str) -> Action {
-        let shared = Rc::clone(&self.shared);
-        let Some(manifest) = &shared.manifest else { return Action::Continue };
+    pub(super) fn serve_manifest(&mut self, manifest: &Manifest, method: &str) -> Action {
         let response = if Manifest::allows(method) {
             manifest.answer(header("if-none-match").as_deref())
         } else {

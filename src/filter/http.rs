@@ -312,8 +312,8 @@ impl Http {
         }
         let method = header(":method").unwrap_or_default();
         let path = target.unwrap_or_else(|| header(":path").unwrap_or_default());
-        if shared.manifest.as_ref().is_some_and(|manifest| manifest.serves(&path)) {
-            return self.serve_manifest(&method);
+        if let Some(manifest) = shared.manifest.as_ref().filter(|manifest| manifest.serves(&path)) {
+            return self.serve_manifest(manifest, &method);
         }
         let authority = if config.matches_host { header(":authority").unwrap_or_default() } else { String::new() };
         let mut credential_headers: &[&str] = &[];
