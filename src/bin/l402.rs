@@ -597,14 +597,23 @@ fn config_check(args: &Check) -> CliResult<ExitCode> {
         Ok(config)
     });
     let (code, out) = match &outcome {
-        Ok(config) => (ExitCode::SUCCESS, json!({ "valid": true, "routes": config.routes.len() })),
+        Ok(config) => (
+            ExitCode::SUCCESS,
+            json!({ "valid": true, "routes": config.routes.len(), "dry_run": config.dry_run_fields() }),
+        ),
         Err(e) => (ExitCode::from(REFUSED), json!({ "valid": false, "field": e.field, "message": e.message })),
     };
     if args.json {
         println!("{out}");
     } else {
         match &outcome {
-            Ok(config) => println!("{path}: valid ({} routes)", config.routes.len()),
+            Ok(config) => {
+                println!("{path}: valid ({} routes)", config.routes.len());
+                let dry_run = config.dry_run_fields();
+                if !dry_run.is_empty() {
+                    println!("warning: dry run ({}) lets unpaid requests through", dry_run.join(", "));
+                }
+            }
             Err(e) => println!("{path}: {e}"),
         }
     }

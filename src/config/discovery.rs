@@ -111,6 +111,8 @@ mod tests {
         let c = parse(&[("dry_run", json!(true)), ("access_log_fields", json!(true))]).unwrap();
         assert!(c.dry_run && c.dry_run_anywhere && c.access_log_fields);
         assert_eq!(dry_runs(&c), [true, false]);
+        assert_eq!(c.dry_run_fields(), ["dry_run", "routes[1]"]);
+        assert!(parse(&[]).unwrap().dry_run_fields().is_empty());
         for not_true in [json!("true"), json!(1), json!(null)] {
             assert_eq!(parse(&[("dry_run", not_true)]).err().as_deref(), Some("dry_run"));
         }

@@ -456,6 +456,17 @@ impl Config {
         self.memo.replace("{service}", service)
     }
 
+    /// Where dry run lets requests through unenforced: `dry_run` (the top-level setting, for what no
+    /// paid route decides) and each paid route in dry run, as `routes[i]`.
+    pub fn dry_run_fields(&self) -> Vec<String> {
+        let top = self.dry_run.then(|| "dry_run".to_owned());
+        let routes = self.routes.iter().enumerate().filter_map(|(i, route)| match &route.access {
+            Access::Paid(service) if service.dry_run => Some(format!("routes[{i}]")),
+            _ => None,
+        });
+        top.into_iter().chain(routes).collect()
+    }
+
     /// The settings that keep state in the host's shared data, by field: they need its default
     /// key-value zone (Kong: `nginx_wasm_shm_kv`). Use counts move to the fleet store with `fleet`.
     pub fn shared_data_fields(&self) -> Vec<String> {

@@ -101,8 +101,11 @@ impl RootContext for Root {
         let bytes = host::plugin_configuration().unwrap_or_default();
         match Config::parse(&bytes, &|name| std::env::var(name).ok()) {
             Ok(config) => {
-                if config.dry_run_anywhere {
-                    host::log(LogLevel::Warn, "dry run is on: requests it covers pass upstream unpaid");
+                let dry_run = config.dry_run_fields();
+                if !dry_run.is_empty() {
+                    let message =
+                        format!("dry run is on ({}): requests it covers pass upstream unpaid", dry_run.join(", "));
+                    host::log(LogLevel::Warn, &message);
                 }
                 self.counter_ids =
                     Counter::ALL.iter().map(|c| host::define_metric(MetricType::Counter, c.name())).collect();

@@ -5,6 +5,7 @@ asked anything: no invoice, no lookup (`node.strict`), no pricing call (there is
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 
@@ -12,7 +13,7 @@ from attacks import credential, py_mint, token_id, wait_until
 from ops_support import LoggingGateway
 from payment_support import credential as payment_credential
 from payment_support import mint_charge
-from test_filter_support import Backend
+from test_filter_support import Backend, cli, new_secret
 
 HEADER = "x-l402-dry-run"
 ROUTES = [
@@ -122,7 +123,22 @@ def test_per_route_dry_run_beside_enforced_routes(wasm, clean_upstream):
         assert backend.sim.stats()["invoice_create"] == 1 and backend.lookups() == 0
         assert [line.get("dry_run") for line in g.log(5)] == ["true", "true", None, None, None]
         assert settled(g, {"l402_dry_run_passes": 2})["l402_dry_run_passes"] == 2
-        assert "dry run is on" in g.envoy.log_text()
+        assert "dry run is on (routes[2]): requests it covers pass upstream unpaid" in g.envoy.log_text()
     finally:
         g.stop()
         backend.stop()
+
+
+def test_config_check_names_what_dry_run_lets_through(tmp_path):
+    cfg = {"secrets": [new_secret()], "dry_run": True,
+           "node": {"kind": "lnd", "upstream": "lnd", "authority": "lnd:8080", "credential": "0201036c6e64"},
+           "routes": ROUTES[:2] + [{**ROUTES[2], "dry_run": False}]}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    out = json.loads(cli("config", "check", str(path), "--json").stdout)
+    assert out == {"valid": True, "routes": 3, "dry_run": ["dry_run", "routes[1]"]}
+    text = cli("config", "check", str(path)).stdout
+    assert "warning: dry run (dry_run, routes[1]) lets unpaid requests through" in text
+    del cfg["dry_run"]
+    path.write_text(json.dumps(cfg))
+    assert json.loads(cli("config", "check", str(path), "--json").stdout)["dry_run"] == []
