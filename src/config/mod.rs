@@ -2,11 +2,13 @@
 //! and `l402 config check`. Parsing is strict (unknown fields are refused) and every error names the
 //! field it is about, so a bad config stops the plugin at load with a message an operator can act on.
 
+mod browser;
 mod discovery;
 mod paths;
 mod routes;
 mod schemes;
 
+pub use browser::{Browser, Cookie};
 use discovery::RawDiscovery;
 pub use discovery::{Discovery, ServiceInfo};
 pub use paths::{EncodedSlashes, Paths};

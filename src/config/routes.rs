@@ -1,6 +1,7 @@
 //! Route rules: what a request is matched on, and what a matching request must pay for.
 
-use super::{is_token_text, ConfigError, NodeKind, PricingFallback, Schemes};
+use super::browser::RawBrowser;
+use super::{is_token_text, Browser, ConfigError, NodeKind, PricingFallback, Schemes};
 use serde::Deserialize;
 
 /// Most segments in a glob pattern, to keep matching cheap.
@@ -28,6 +29,7 @@ pub(super) struct RawRoute {
     schemes: Option<Vec<String>>,
     dry_run: Option<bool>,
     public: Option<bool>,
+    browser: Option<RawBrowser>,
 }
 
 /// Requests a client network may make on a route before it is asked to pay.
@@ -81,6 +83,14 @@ impl Glob {
     /// The pattern as written.
     pub fn pattern(&self) -> String {
         self.segments.join("/")
+    }
+
+    /// The path up to the first segment with a wildcard (the whole path without one).
+    pub fn literal_prefix(&self) -> String {
+        match self.segments.iter().position(|s| s.contains('*')) {
+            None => self.segments.join("/"),
+            Some(first) => format!("{}/", self.segments.get(..first).unwrap_or_default().join("/")),
+        }
     }
 
     pub fn matches(&self, path: &str) -> bool {
@@ -188,6 +198,8 @@ pub struct Service {
     pub dry_run: bool,
     /// Listed in the discovery manifest.
     pub public: bool,
+    /// The HTML 402 page (and cookie redemption) for browsers; boxed, as few routes have it.
+    pub browser: Option<Box<Browser>>,
 }
 
 fn method_names(list: Option<Vec<String>>, field: impl Fn(usize) -> String) -> Result<Vec<String>, ConfigError> {
@@ -249,7 +261,8 @@ impl RawRoute {
         let host = m.host.map(|h| host_match(h, field("match.host"))).transpose()?;
 
         let access = if self.free {
-            let paid_only = [self.schemes.is_some(), self.dry_run.is_some(), self.public.is_some()];
+            let paid_only =
+                [self.schemes.is_some(), self.dry_run.is_some(), self.public.is_some(), self.browser.is_some()];
             if self.service.is_some()
                 || self.price_sat.is_some()
                 || self.price_msat.is_some()
@@ -257,7 +270,7 @@ impl RawRoute {
             {
                 return Err(ConfigError::new(
                     field("free"),
-                    "a free route has no service, price, schemes, dry_run or public",
+                    "a free route has no service, price, schemes, dry_run, public or browser",
                 ));
             }
             Access::Free
@@ -329,6 +342,8 @@ impl RawRoute {
                     return Err(ConfigError::new(field("freebies"), "requests and period_s must be at least 1"));
                 }
             }
+            let browser =
+                self.browser.map(|b| b.validate(&field("browser"), &name, &path, schemes).map(Box::new)).transpose()?;
             Access::Paid(Service {
                 name,
                 price_msat,
@@ -342,6 +357,7 @@ impl RawRoute {
                 schemes,
                 dry_run: self.dry_run.unwrap_or(default_dry_run),
                 public: self.public.unwrap_or(true),
+                browser,
             })
         };
         Ok(Route { path, methods, host, access })

@@ -94,12 +94,15 @@ def full() -> dict[str, Any]:
             {"match": {"path_prefix": "/v1/", "methods": ["GET"], "host": "api.example.com"},
              "service": "weather", "price_sat": 10, "lifetime_s": 3600, "capabilities": ["read", "v1.x-y"],
              "restrict": {"path_prefix": "/v1/", "methods": ["GET"]}, "uses": 100,
-             "freebies": {"requests": 3, "period_s": 86400}, "dry_run": False, "public": False},
+             "freebies": {"requests": 3, "period_s": 86400}, "dry_run": False, "public": False,
+             "browser": {"cookie": True, "cookie_secure": False}},
             # L402 alone: the top-level default offers Payment too, which prices in whole satoshis.
             {"match": {"path_glob": "/files/**/*.json", "host": "*.example.com"}, "service": "files",
              "price_msat": 1500, "free": False, "schemes": ["l402"]},
             {"match": {"path_prefix": "/llm/"}, "service": "llm", "price_sat": 5, "dynamic_price": True},
-            {"match": {"path_prefix": "/pay/"}, "service": "pay", "price_msat": 2000, "schemes": ["payment"]},
+            # The page alone serves any dialect.
+            {"match": {"path_prefix": "/pay/"}, "service": "pay", "price_msat": 2000, "schemes": ["payment"],
+             "browser": {}},
         ],
         "unmatched": "free",
         "challenge": {"lsat_header": False, "invalid_credential_status": 401},
@@ -146,7 +149,7 @@ HAND_WRITTEN: dict[str, Any] = {
                                                    "host": None},
                                          "service": "x", "price_sat": None, "price_msat": 5, "lifetime_s": None,
                                          "uses": None, "freebies": None, "dry_run": None, "public": None,
-                                         "restrict": {"path_prefix": None, "methods": None}}],
+                                         "browser": None, "restrict": {"path_prefix": None, "methods": None}}],
                              "discovery": {"service": {"name": None, "description": None, "operator": None,
                                                        "contact": None}}},
     # The parser checks lifetime, capabilities, restrict, uses and freebies only on paid routes.
@@ -191,6 +194,13 @@ HAND_WRITTEN: dict[str, Any] = {
     "realm-edges": {**minimal(), "schemes": ["payment", "l402"], "payment": {
         "realm": (" !#$%&'()*+,-./09:;<=>?@AZ[]^_`az{}~" * 8)[:255]},
         "routes": [{"match": {}, "service": "api", "price_sat": 1, "uses": 1, "schemes": ["payment", "l402"]}]},
+    # The cookie by default Secure, under a glob's literal prefix; a page-only route may have a ; in
+    # its path; a free route may write browser: null.
+    "browser-defaults": {**minimal(), "routes": [
+        {"match": {"path_glob": "/files/*/**"}, "service": "files", "price_sat": 1,
+         "browser": {"cookie": True, "cookie_secure": None}},
+        {"match": {"path": "/page;v=1"}, "service": "page", "price_sat": 2, "browser": {"cookie": False}},
+        {"match": {}, "free": True, "browser": None}]},
     "payment-empty-object": {**minimal(), "payment": {}, "routes": [
         {"match": {}, "service": "api", "price_sat": 1, "schemes": ["payment"]}]},
 }
@@ -326,6 +336,10 @@ def PAYMENT_OVERRIDES() -> dict[str, Any]:
 
 def REALM_EDGES() -> dict[str, Any]:
     return copy.deepcopy(HAND_WRITTEN["realm-edges"])
+
+
+def BROWSER() -> dict[str, Any]:
+    return copy.deepcopy(HAND_WRITTEN["browser-defaults"])
 
 
 # (id, base, path, new value, the field the parser names)
@@ -663,6 +677,26 @@ INVALID: list[tuple[str, Callable[[], dict[str, Any]], str, Any, str]] = [
     ("discovery-service-name-empty", full, "discovery.service.name", "", "discovery.service.name"),
     ("discovery-service-contact-long", full, "discovery.service.contact", "c" * 1025, "discovery.service.contact"),
     ("discovery-service-operator-number", full, "discovery.service.operator", 5, "discovery.service.operator"),
+    # browser
+    ("unknown-browser", full, "routes.1.browser.page", True, "routes[1].browser.page"),
+    ("browser-string", full, "routes.1.browser", "cookie", "routes[1].browser"),
+    ("browser-true", full, "routes.1.browser", True, "routes[1].browser"),
+    ("browser-as-array", full, "routes.1.browser", [True, False], "routes[1].browser"),
+    ("browser-cookie-string", full, "routes.1.browser.cookie", "true", "routes[1].browser.cookie"),
+    ("browser-cookie-null", full, "routes.1.browser.cookie", None, "routes[1].browser.cookie"),
+    ("cookie-secure-string", full, "routes.1.browser.cookie_secure", "no", "routes[1].browser.cookie_secure"),
+    ("cookie-secure-without-cookie", full, "routes.1.browser.cookie", False, "routes[1].browser.cookie_secure"),
+    ("cookie-secure-cookie-absent", full, "routes.1.browser.cookie", DELETE, "routes[1].browser.cookie_secure"),
+    ("free-with-browser", full, "routes.0.browser", {}, "routes[0].free"),
+    ("free-with-browser-cookie", BROWSER, "routes.2.browser", {"cookie": True}, "routes[2].free"),
+    # the cookie carries the L402 token: not on a route without L402
+    ("cookie-on-payment-route", full, "routes.4.browser.cookie", True, "routes[4].browser.cookie"),
+    ("cookie-route-drops-l402", BROWSER, "routes.0.schemes", ["payment"], "routes[0].browser.cookie"),
+    ("cookie-top-schemes-payment-only", BROWSER, "schemes", ["payment"], "routes[0].browser.cookie"),
+    # a cookie's Path cannot carry a ;
+    ("cookie-path-semicolon-prefix", full, "routes.1.match.path_prefix", "/v1;x/", "routes[1].browser.cookie"),
+    ("cookie-path-semicolon-glob", BROWSER, "routes.0.match.path_glob", "/files;v2/**", "routes[0].browser.cookie"),
+    ("cookie-path-semicolon-exact", BROWSER, "routes.1.browser.cookie", True, "routes[1].browser.cookie"),
     # challenge.invalid_credential_status
     ("invalid-status-403", full, "challenge.invalid_credential_status", 403, "challenge.invalid_credential_status"),
     ("invalid-status-400", full, "challenge.invalid_credential_status", 400, "challenge.invalid_credential_status"),
