@@ -20,6 +20,7 @@
     )
 )]
 
+pub mod browser;
 pub mod callout;
 pub mod config;
 pub mod discovery;
