@@ -85,6 +85,8 @@ pub enum Decision<'c> {
         service: &'c Service,
         price_msat: Option<u64>,
         charge: Option<String>,
+        /// The token's expiry (unix seconds), if it has one.
+        valid_until: Option<u64>,
     },
     /// Payment is needed; `refusal` says what was wrong with the credential presented, if any.
     Challenge { service: &'c Service, refusal: Option<Refusal> },
@@ -274,11 +276,10 @@ pub fn decide_paid<'c>(
         (Some(_), None) | (None, None) => return Decision::Challenge { service, refusal: None },
     };
     // Path caveats must hold for every reading, or the upstream could serve one they exclude.
-    let authorized = |token: &Token| {
-        readings.decoded().try_for_each(|path| token.authorize(&Requirement { path, ..need }).map(drop))
-    };
-    let token = match verified.and_then(|token| authorized(token).map(|()| token)) {
-        Ok(token) => token,
+    let authorized =
+        |token: &Token| readings.decoded().try_fold(None, |_, path| token.authorize(&Requirement { path, ..need }));
+    let (token, valid_until) = match verified.and_then(|token| authorized(token).map(|expiry| (token, expiry))) {
+        Ok(authorized) => authorized,
         Err(refusal) => return Decision::Challenge { service, refusal: Some(refusal.into()) },
     };
     if config.revoked.contains(&token.identifier.token_id) {
@@ -296,6 +297,7 @@ pub fn decide_paid<'c>(
         service,
         price_msat,
         charge: None,
+        valid_until,
     }
 }
 
@@ -330,6 +332,7 @@ fn decide_charge<'c>(
         service,
         price_msat: Some(charge.amount_sat.saturating_mul(1000)),
         charge: Some(charge.challenge_id),
+        valid_until: None,
     }
 }
 
@@ -423,6 +426,28 @@ mod tests {
         // The cache remembers authentication, never the verdict: expiry and route still apply.
         assert_eq!(refusal(decide(&config, &mut cache, &view("/v1/x", Some(&header), 101))), Some("expired"));
         assert_eq!(refusal(decide(&config, &mut cache, &view("/admin/x", Some(&header), 50))), Some("wrong_service"));
+    }
+
+    #[test]
+    fn a_paid_decision_carries_the_token_s_expiry() {
+        let config = config();
+        let mut cache = VerifiedCache::new(8);
+        let expiry = |valid_until| {
+            let header = authorization(&token(&config, "weather", valid_until));
+            match decide(&config, &mut VerifiedCache::new(8), &view("/v1/x", Some(&header), 50)) {
+                Decision::Paid { valid_until, .. } => valid_until,
+                other => panic!("expected a paid decision, got {other:?}"),
+            }
+        };
+        assert_eq!(expiry(Some(100)), Some(100));
+        assert_eq!(expiry(None), None);
+        // A holder's narrower expiry is the token's.
+        let mut narrowed = token(&config, "weather", Some(100));
+        narrowed.add_caveat("weather_valid_until=80");
+        match decide(&config, &mut cache, &view("/v1/x", Some(&authorization(&narrowed)), 50)) {
+            Decision::Paid { valid_until, .. } => assert_eq!(valid_until, Some(80)),
+            other => panic!("expected a paid decision, got {other:?}"),
+        }
     }
 
     #[test]

@@ -59,6 +59,8 @@ counters! {
     ReservedHeader => "l402_refused_reserved_header",
     UnadmittedResponses => "l402_unadmitted_responses_withheld",
     DryRunPasses => "l402_dry_run_passes",
+    CookiesIssued => "l402_browser_cookies_issued",
+    CrossSiteRedemption => "l402_refused_cross_site",
 }
 
 /// Name of the callout latency histogram, in milliseconds.

@@ -1,6 +1,7 @@
 //! The responses the filter answers with itself, and the one place where every refusal and failure
 //! gets its HTTP status.
 
+use crate::browser::page::{content_security_policy, render, Page};
 use crate::config::Config;
 use crate::gate::Refusal;
 use crate::l402::header::{challenge_from_base64, Scheme};
@@ -71,20 +72,10 @@ pub struct Offer<'a> {
 /// first, then L402; the Payment challenge last. A refused Payment credential, and a route that
 /// speaks only the Payment scheme, get RFC 9457 problem details; L402 clients keep their JSON.
 pub fn payment_required(config: &Config, offer: &Offer<'_>, refusal: Option<&Refusal>) -> LocalResponse {
-    let Offer { service, price_msat, macaroon_b64, payment, invoice, expiry_s } = *offer;
-    let mut headers = Vec::with_capacity(6);
-    if let Some(macaroon_b64) = macaroon_b64 {
-        if config.lsat_header {
-            headers.push(("www-authenticate", challenge_from_base64(Scheme::Lsat, macaroon_b64, invoice)));
-        }
-        headers.push(("www-authenticate", challenge_from_base64(Scheme::L402, macaroon_b64, invoice)));
-    }
-    if let Some(payment) = payment {
-        headers.push(("www-authenticate", payment.to_owned()));
-    }
-    headers.push(("access-control-expose-headers", "WWW-Authenticate".to_owned()));
+    let Offer { service, price_msat, invoice, expiry_s, .. } = *offer;
+    let headers = challenge_headers(config, offer);
     let grpc = (grpc::INTERNAL, "payment required");
-    if matches!(refusal, Some(Refusal::Payment(_))) || macaroon_b64.is_none() {
+    if is_problem(offer, refusal) {
         let (kind, title) = problem_type(refusal);
         let body = json!({
             "type": format!("{PROBLEM_BASE}{kind}"),
@@ -103,7 +94,6 @@ pub fn payment_required(config: &Config, offer: &Offer<'_>, refusal: Option<&Ref
         Some(r) => (r.code(), r.to_string()),
         None => ("payment_required", "pay the invoice and retry with the L402 credential".to_owned()),
     };
-    let status = if refusal.is_some() { config.invalid_credential_status } else { 402 };
     let body = json!({
         "error": "payment_required",
         "reason": reason,
@@ -114,7 +104,84 @@ pub fn payment_required(config: &Config, offer: &Offer<'_>, refusal: Option<&Ref
         "invoice": invoice,
         "invoice_expires_in_s": expiry_s,
     });
-    json_response(status, body, headers, grpc)
+    json_response(challenge_status(config, offer, refusal), body, headers, grpc)
+}
+
+/// The challenges of the offer, in Aperture's order.
+fn challenge_headers(config: &Config, offer: &Offer<'_>) -> Vec<(&'static str, String)> {
+    let mut headers = Vec::with_capacity(10);
+    if let Some(macaroon_b64) = offer.macaroon_b64 {
+        if config.lsat_header {
+            headers.push(("www-authenticate", challenge_from_base64(Scheme::Lsat, macaroon_b64, offer.invoice)));
+        }
+        headers.push(("www-authenticate", challenge_from_base64(Scheme::L402, macaroon_b64, offer.invoice)));
+    }
+    if let Some(payment) = offer.payment {
+        headers.push(("www-authenticate", payment.to_owned()));
+    }
+    headers.push(("access-control-expose-headers", "WWW-Authenticate".to_owned()));
+    headers
+}
+
+/// Whether the challenge is in the Payment scheme's words (problem details).
+fn is_problem(offer: &Offer<'_>, refusal: Option<&Refusal>) -> bool {
+    matches!(refusal, Some(Refusal::Payment(_))) || offer.macaroon_b64.is_none()
+}
+
+/// A refused L402 credential gets the configured status; everything else 402.
+fn challenge_status(config: &Config, offer: &Offer<'_>, refusal: Option<&Refusal>) -> u32 {
+    if refusal.is_some() && !is_problem(offer, refusal) {
+        config.invalid_credential_status
+    } else {
+        402
+    }
+}
+
+/// The challenge as an HTML page, for a browser: the same challenges and status as the JSON it
+/// stands for, and a policy that lets nothing but the page's own style and script run.
+pub fn payment_page(config: &Config, offer: &Offer<'_>, page: &Page<'_>, refusal: Option<&Refusal>) -> LocalResponse {
+    let mut headers = challenge_headers(config, offer);
+    headers.extend([
+        ("content-type", "text/html; charset=utf-8".to_owned()),
+        ("cache-control", "no-store".to_owned()),
+        ("content-security-policy", content_security_policy()),
+        ("x-content-type-options", "nosniff".to_owned()),
+        ("referrer-policy", "no-referrer".to_owned()),
+    ]);
+    LocalResponse {
+        status: challenge_status(config, offer, refusal),
+        headers,
+        body: render(page),
+        grpc_status: grpc::INTERNAL,
+        grpc_message: "payment required",
+    }
+}
+
+/// 303 to the resource with the cookie a browser's payment was redeemed into.
+pub fn redeemed(location: &str, set_cookie: String) -> LocalResponse {
+    LocalResponse {
+        status: 303,
+        headers: vec![
+            ("location", location.to_owned()),
+            ("set-cookie", set_cookie),
+            ("cache-control", "no-store".to_owned()),
+        ],
+        body: String::new(),
+        grpc_status: grpc::INVALID_ARGUMENT,
+        grpc_message: "a browser's redemption",
+    }
+}
+
+/// 403 for a credential the redemption refused, with the reason a paid request would get.
+pub fn redemption_refused(refusal: &Refusal) -> LocalResponse {
+    let body = json!({ "error": "forbidden", "reason": refusal.code(), "detail": refusal.to_string() });
+    json_response(403, body, Vec::new(), (grpc::PERMISSION_DENIED, "credential refused"))
+}
+
+/// 403 for a redemption posted from another site: it would plant that site's token in the browser.
+pub fn cross_site_redemption() -> LocalResponse {
+    let body = json!({ "error": "forbidden", "reason": "cross_site", "detail": "a payment is redeemed only from this site's own page" });
+    json_response(403, body, Vec::new(), (grpc::PERMISSION_DENIED, "cross-site redemption"))
 }
 
 /// Where the Payment scheme's problem types live (draft-httpauth-payment §8).

@@ -149,6 +149,7 @@ impl Http {
         let headers = &self.shared.config.upstream_headers;
         if headers.strip_credential {
             admission.credential_headers.iter().for_each(|name| self.remove_credential_header(name));
+            self.strip_cookie();
         }
         if let Some(name) = &headers.token_id {
             host::set_request_header(name, &hex_encode(&admission.identifier.token_id));

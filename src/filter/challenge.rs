@@ -193,7 +193,10 @@ impl Http {
             invoice,
             expiry_s: config.invoice_expiry_s,
         };
-        response::payment_required(config, &offer, refusal)
+        match &service.browser {
+            Some(browser) => self.browser_challenge(browser, &offer, refusal),
+            None => response::payment_required(config, &offer, refusal),
+        }
     }
 
     /// The Payment scheme's challenge for the invoice, expiring with it, bound to the service (and

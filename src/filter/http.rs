@@ -3,6 +3,7 @@
 //! invoice from the node and a 402.
 
 use super::admission::Admission;
+use super::browser::BrowserState;
 use super::challenge::Offer;
 use super::host::{self, Host, HostStore};
 use super::root::Shared;
@@ -55,6 +56,8 @@ pub struct Http {
     pub(super) withheld: Option<String>,
     /// The `Payment-Receipt` of an admitted Payment-scheme charge, for the response.
     pub(super) receipt: Option<String>,
+    /// On a route with the browser's cookie: what the page and the upstream's `Cookie` need.
+    pub(super) browser: BrowserState,
 }
 
 /// The gRPC metadata key of the revised L402 spec's token.
@@ -82,6 +85,7 @@ impl Http {
             replacing_body: false,
             withheld: None,
             receipt: None,
+            browser: BrowserState::default(),
         }
     }
 
@@ -316,6 +320,11 @@ impl Http {
             return self.serve_manifest(manifest, &method);
         }
         let authority = if config.matches_host { header(":authority").unwrap_or_default() } else { String::new() };
+        if method == "POST" {
+            if let Some(action) = self.redeem(&path, &authority) {
+                return action;
+            }
+        }
         let mut credential_headers: &[&str] = &[];
         let decision = match gate::route(config, &method, &path, &authority) {
             Routing::Decided(decision) => decision,
@@ -327,6 +336,10 @@ impl Http {
                     Err(lossy) if is_payment_authorization(&lossy) => Some(lossy),
                     Err(_) => Some(String::from("L402 \u{fffd}")),
                 };
+                // A browser's cookie, where the route offers one; an `Authorization` header wins.
+                let cookie = self.cookie_credential(paid.service, &path);
+                let from_cookie = authorization.is_none() && cookie.is_some();
+                let authorization = authorization.or(cookie);
                 let macaroon = match authorization {
                     Some(_) => None,
                     None => header("grpc-metadata-macaroon").or_else(|| header("macaroon")),
@@ -338,6 +351,7 @@ impl Http {
                     _ => None,
                 };
                 credential_headers = match (&authorization, &token) {
+                    (Some(_), _) if from_cookie => &[],
                     (Some(_), _) => &["authorization"],
                     (None, Some(_)) => &[GRPC_TOKEN],
                     (None, None) => &["grpc-metadata-macaroon", "macaroon"],
@@ -369,7 +383,7 @@ impl Http {
             Decision::Paid { identifier, service, .. } if shared.is_revoked_in_fleet(&identifier.token_id) => {
                 self.challenge(service.clone(), Some(Refusal::Revoked))
             }
-            Decision::Paid { identifier, preimage_proven, service, price_msat, charge } => {
+            Decision::Paid { identifier, preimage_proven, service, price_msat, charge, .. } => {
                 let admission =
                     Admission { identifier, service: service.clone(), price_msat, credential_headers, charge };
                 self.admit(admission, preimage_proven)

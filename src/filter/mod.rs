@@ -4,6 +4,7 @@
 
 mod access_log;
 mod admission;
+mod browser;
 mod challenge;
 mod discovery;
 mod dry_run;

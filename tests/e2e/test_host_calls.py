@@ -103,3 +103,60 @@ def test_the_first_request_of_a_worker_learns_the_host(wasm):
     assert calls.count("proxy_get_property") == 1
     _, calls = h.request(BASE + [(":path", "/health")])
     assert "proxy_get_property" not in calls
+
+
+# -- a route with the browser's cookie (`browser.cookie`) -------------------------------------------
+
+BROWSER_CONFIG = {**CONFIG, "routes": [
+    {"match": {"path_prefix": "/health"}, "free": True},
+    {"match": {"path_prefix": "/v1/"}, "service": "weather", "price_sat": 10, "lifetime_s": 3600,
+     "browser": {"cookie": True}},
+]}
+# The paid path reads the `Cookie` header too (one more read), whichever credential opens the route;
+# a cookie credential is removed from it instead of the `Authorization` header (or the header is
+# rewritten when it holds other cookies).
+BROWSER_PAID = [READ] * 4 + [TIME] + [REMOVE] + [SET] * 3
+BROWSER_PAID_OTHER_COOKIES = [READ] * 4 + [TIME] + [SET] * 4
+# The challenge reads the cookie too; the page's `Accept` is read with the node's answer.
+BROWSER_CHALLENGE = [READ] * 7 + [TIME, "random_get", "proxy_http_call", TIME]
+# A redemption: the method, the path, the fetch site, the credential and the clock; the 303 (its
+# sending reads the content type, for gRPC).
+REDEMPTION = [READ] * 4 + [TIME, READ, "proxy_send_local_response"]
+
+
+@pytest.fixture
+def browser_host(wasm):
+    h = Host(str(wasm), json.dumps(BROWSER_CONFIG))
+    assert h.configured
+    h.request(BASE + [(":path", "/health")])
+    return h
+
+
+def test_paid_by_cookie(browser_host):
+    cookie_value = paid_credential().split(" ", 1)[1]
+    request, calls = browser_host.request(BASE + [(":path", "/v1/x"), ("cookie", f"l402-weather={cookie_value}")])
+    assert request.continued and not request.callouts
+    assert calls == BROWSER_PAID, calls
+    assert "cookie" not in dict(request.headers)
+    request, calls = browser_host.request(BASE + [(":path", "/v1/x"), ("cookie", f"a=1; l402-weather={cookie_value}")])
+    assert calls == BROWSER_PAID_OTHER_COOKIES, calls
+    assert dict(request.headers)["cookie"] == "a=1"
+
+
+def test_paid_by_authorization_on_a_cookie_route(browser_host):
+    request, calls = browser_host.request(BASE + [(":path", "/v1/x"), ("authorization", paid_credential())])
+    assert request.continued and calls == BROWSER_PAID, calls
+
+
+def test_challenge_on_a_cookie_route(browser_host):
+    request, calls = browser_host.request(BASE + [(":path", "/v1/x")])
+    assert not request.continued and len(request.callouts) == 1
+    assert calls == BROWSER_CHALLENGE, calls
+
+
+def test_redemption(browser_host):
+    headers = [(":method", "POST"), (":authority", "api.example.com"), (":path", "/v1/x?l402-redeem"),
+               ("sec-fetch-site", "same-origin"), ("authorization", paid_credential())]
+    request, calls = browser_host.request(headers)
+    assert request.response is not None and request.response[0] == 303 and not request.callouts
+    assert calls == REDEMPTION, calls
