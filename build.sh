@@ -97,6 +97,15 @@ ensure_nginx() {
     have nginx || [[ -x /usr/sbin/nginx ]] || apt_install nginx
 }
 
+# Chromium and zbarimg: the browser and the QR decoder of the 402 page's tests (Debian's chromium and
+# zbar-tools; playwright-core drives Chromium, installed with the JS clients).
+ensure_browser() {
+    local missing=()
+    [[ -x /usr/bin/chromium ]] || missing+=(chromium)
+    have zbarimg || missing+=(zbar-tools)
+    (( ${#missing[@]} == 0 )) || apt_install "${missing[@]}"
+}
+
 # --- build and run ----------------------------------------------------------------------------
 
 # wasm-opt (Debian's binaryen) shrinks the module by about a tenth; without it (no root to install
@@ -186,6 +195,7 @@ cmd_setup() {
     timed ensure_node_clients
     timed ensure_etcd
     timed ensure_nginx
+    timed ensure_browser
 }
 
 cmd_test() {
