@@ -1,10 +1,12 @@
 //! Property tests: whatever a holder or an attacker changes in a token, verification refuses it;
 //! what we mint always verifies. A request path is refused or every reading an upstream may make of
-//! it falls under one rule; plain paths are their own only reading.
+//! it falls under one rule; plain paths are their own only reading. A browser's credential cookie is
+//! found and removed alone, a redemption resolves to its resource, and escaped text has no markup.
 
 #[path = "../fuzz/common/mod.rs"]
 mod common;
 
+use l402::browser;
 use l402::config::{Config, EncodedSlashes};
 use l402::l402::encoding::{base64_encode, hex_encode};
 use l402::l402::header::parse_authorization;
@@ -464,5 +466,73 @@ proptest! {
         let canonical = jcs::canonical(&Value::from(x));
         let reread: Value = serde_json::from_str(&canonical).unwrap();
         prop_assert_eq!(jcs::canonical(&reread), canonical);
+    }
+}
+
+fn cookie_pair() -> impl Strategy<Value = (String, String)> {
+    ("[A-Za-z0-9._-]{1,12}", "[!#-+\\--:<-\\[\\]-~]{0,16}")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever else a `Cookie` header holds, the credential's cookie is found in it, and removing it
+    /// leaves every other cookie as it was and none of that name.
+    #[test]
+    fn the_credential_cookie_is_found_and_removed_alone(
+        others in prop::collection::vec(cookie_pair(), 0..5),
+        at in any::<prop::sample::Index>(),
+        value in "[A-Za-z0-9+/=_-]{1,40}:[0-9a-f]{64}",
+    ) {
+        let others: Vec<(String, String)> = others.into_iter().filter(|(n, _)| n != "l402-weather").collect();
+        let mut pairs: Vec<String> = others.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        pairs.insert(at.index(pairs.len() + 1), format!("l402-weather={value}"));
+        let header = pairs.join("; ");
+        prop_assert_eq!(browser::cookie::find(&header, "l402-weather"), Some(value.as_str()));
+        let rest = browser::cookie::without(&header, "l402-weather");
+        prop_assert_eq!(browser::cookie::find(&rest, "l402-weather"), None);
+        let kept: Vec<String> = others.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        prop_assert_eq!(rest, kept.join("; "));
+    }
+
+    /// A redemption's action always resolves back to its resource, on this origin.
+    #[test]
+    fn a_redemption_resolves_to_its_resource(path in "/[!-~]{0,30}", query in proptest::option::of("[a-z0-9=&]{0,12}")) {
+        prop_assume!(!path.contains('?') && !path.contains('#'));
+        let target = match &query { Some(q) => format!("{path}?{q}"), None => path.clone() };
+        let action = browser::redeem::action(&target);
+        prop_assert!(!action.starts_with("//") && !action.starts_with("/\\"));
+        let resource = browser::redeem::resource(&action).unwrap();
+        let expected = browser::redeem::same_origin(&target).into_owned();
+        // Empty query fields are not kept, nor an empty query.
+        let normalize = |t: &str| match t.split_once('?') {
+            Some((path, query)) => {
+                let fields: Vec<&str> = query.split('&').filter(|f| !f.is_empty()).collect();
+                if fields.is_empty() { path.to_owned() } else { format!("{path}?{}", fields.join("&")) }
+            }
+            None => t.to_owned(),
+        };
+        prop_assert_eq!(normalize(&resource), normalize(&expected));
+    }
+
+    /// `Accept` never panics; JSON named first at full weight always wins, and HTML named first
+    /// does where nothing else could match JSON.
+    #[test]
+    fn accept_ranks_what_is_named_first(header in ".{0,200}") {
+        let _ = browser::accept::prefers_html(&header);
+        let json_first = format!("application/json, {header}");
+        prop_assert!(!browser::accept::prefers_html(&json_first));
+        let lower = header.to_ascii_lowercase();
+        if !lower.contains("json") && !lower.contains("application") && !lower.contains("*/") {
+            let html_first = format!("text/html, {header}");
+            prop_assert!(browser::accept::prefers_html(&html_first));
+        }
+    }
+
+    /// Any text is HTML-escaped into text with no markup character left.
+    #[test]
+    fn escaped_text_has_no_markup(text in ".{0,100}") {
+        let escaped = browser::page::escape(&text);
+        prop_assert!(!escaped.contains(['<', '>', '"', '\'']));
     }
 }
