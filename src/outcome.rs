@@ -22,6 +22,8 @@ pub enum Outcome {
     Error,
     /// The discovery manifest, answered by the filter.
     Discovery,
+    /// A browser's payment, redeemed into the cookie.
+    Redeemed,
 }
 
 impl Outcome {
@@ -38,6 +40,7 @@ impl Outcome {
             Outcome::ReservedHeader => "reserved_header",
             Outcome::Error => "error",
             Outcome::Discovery => "discovery",
+            Outcome::Redeemed => "redeemed",
         }
     }
 }

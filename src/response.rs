@@ -172,16 +172,11 @@ pub fn redeemed(location: &str, set_cookie: String) -> LocalResponse {
     }
 }
 
-/// 403 for a credential the redemption refused, with the reason a paid request would get.
-pub fn redemption_refused(refusal: &Refusal) -> LocalResponse {
-    let body = json!({ "error": "forbidden", "reason": refusal.code(), "detail": refusal.to_string() });
-    json_response(403, body, Vec::new(), (grpc::PERMISSION_DENIED, "credential refused"))
-}
-
-/// 403 for a redemption posted from another site: it would plant that site's token in the browser.
-pub fn cross_site_redemption() -> LocalResponse {
-    let body = json!({ "error": "forbidden", "reason": "cross_site", "detail": "a payment is redeemed only from this site's own page" });
-    json_response(403, body, Vec::new(), (grpc::PERMISSION_DENIED, "cross-site redemption"))
+/// 403 for a redemption refused: the credential's reason as a paid request would get it, or
+/// `cross_site` for one posted from another site (it would plant that site's token in the browser).
+pub fn redemption_refused(reason: &str, detail: &str) -> LocalResponse {
+    let body = json!({ "error": "forbidden", "reason": reason, "detail": detail });
+    json_response(403, body, Vec::new(), (grpc::PERMISSION_DENIED, "redemption refused"))
 }
 
 /// Where the Payment scheme's problem types live (draft-httpauth-payment §8).

@@ -67,10 +67,19 @@ fn media_range(element: &str) -> Option<((&str, &str), u16)> {
 /// `0`, `0.5`, `1.000`...: at most three decimals, never above 1.
 fn qvalue(text: &str) -> Option<u16> {
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+    if fraction.len() > 3 {
         return None;
     }
-    let thousandths = format!("{fraction:0<3}").parse::<u16>().ok()?;
+    // The decimals as thousandths: `5` is 500, `125` is 125.
+    let mut thousandths: u16 = 0;
+    for place in 0..3 {
+        let digit = match fraction.as_bytes().get(place) {
+            Some(b) if b.is_ascii_digit() => u16::from(b.wrapping_sub(b'0')),
+            Some(_) => return None,
+            None => 0,
+        };
+        thousandths = thousandths.wrapping_mul(10).wrapping_add(digit);
+    }
     match whole {
         "0" => Some(thousandths),
         "1" if thousandths == 0 => Some(1000),

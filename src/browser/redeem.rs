@@ -18,13 +18,16 @@ pub const PARAMETER: &str = "l402-redeem";
 /// the target without it.
 pub fn resource(target: &str) -> Option<String> {
     let (path, query) = target.split_once('?')?;
-    let is_reserved = |field: &&str| field.split_once('=').map_or(*field, |(name, _)| name) == PARAMETER;
-    let fields: Vec<&str> = query.split('&').collect();
-    if !fields.iter().any(is_reserved) {
-        return None;
+    let (mut reserved, mut resource) = (false, path.to_owned());
+    for field in query.split('&').filter(|f| !f.is_empty()) {
+        if field.split_once('=').map_or(field, |(name, _)| name) == PARAMETER {
+            reserved = true;
+        } else {
+            resource.push(if resource.len() == path.len() { '?' } else { '&' });
+            resource.push_str(field);
+        }
     }
-    let kept: Vec<&str> = fields.into_iter().filter(|f| !is_reserved(f) && !f.is_empty()).collect();
-    Some(if kept.is_empty() { path.to_owned() } else { format!("{path}?{}", kept.join("&")) })
+    reserved.then_some(resource)
 }
 
 /// Where the page posts the credential for the resource at `target`: its URL with the parameter.

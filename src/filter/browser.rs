@@ -11,6 +11,7 @@ use crate::gate::{self, Decision, Presented, Refusal, Routing};
 use crate::l402::header::is_l402_authorization;
 use crate::l402::VerifyError;
 use crate::metrics::Counter;
+use crate::outcome::{Outcome, Record};
 use crate::response::{self, LocalResponse};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
@@ -94,10 +95,20 @@ impl Http {
         let config = &shared.config;
         let Routing::Paid(paid) = gate::route(config, "GET", &resource, authority) else { return None };
         let settings = cookie_of(paid.service)?;
+        // In a dry run every request goes upstream, this one too.
+        if paid.service.dry_run {
+            return None;
+        }
+        let service = paid.service;
+        let refused = |reason| Record::new(Outcome::Refused).reason(reason).service(&service.name, service.price_msat);
         // A browser names the site whose page posts: another site's would plant its token here.
         if header("sec-fetch-site").is_some_and(|site| site != "same-origin") {
             shared.count(Counter::CrossSiteRedemption);
-            self.respond(&response::cross_site_redemption());
+            self.decided(&refused("cross_site"));
+            self.respond(&response::redemption_refused(
+                "cross_site",
+                "a payment is redeemed only from this site's own page",
+            ));
             return Some(Action::Pause);
         }
         let authorization = host::request_header("authorization").ok().flatten().filter(|a| is_l402_authorization(a));
@@ -106,12 +117,14 @@ impl Http {
         let decision = gate::decide_paid(config, &mut shared.cache.borrow_mut(), &paid, "GET", &presented);
         let refusal = match decision {
             Decision::Paid { identifier, .. } if shared.is_revoked_in_fleet(&identifier.token_id) => Refusal::Revoked,
-            Decision::Paid { valid_until, .. } => {
+            Decision::Paid { identifier, valid_until, .. } => {
                 let credential =
                     authorization.as_deref().and_then(|a| a.trim_start().split_once(' ')).map(|(_, c)| c.trim());
                 match credential.filter(|c| cookie::is_cookie_value(c)) {
                     Some(credential) => {
                         shared.count(Counter::CookiesIssued);
+                        let record = Record::new(Outcome::Redeemed).service(&service.name, service.price_msat);
+                        self.decided(&record.token(&identifier.token_id));
                         let max_age = valid_until.map(|until| until.saturating_sub(now));
                         let set_cookie = cookie::set_cookie(settings, credential, max_age);
                         self.respond(&response::redeemed(&redeem::same_origin(&resource), set_cookie));
@@ -124,7 +137,8 @@ impl Http {
             _ => Refusal::Token(VerifyError::Malformed("no L402 credential to redeem")),
         };
         shared.count(Counter::for_refusal(Some(&refusal)));
-        self.respond(&response::redemption_refused(&refusal));
+        self.decided(&refused(refusal.code()));
+        self.respond(&response::redemption_refused(refusal.code(), &refusal.to_string()));
         Some(Action::Pause)
     }
 }

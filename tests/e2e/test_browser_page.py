@@ -3,7 +3,8 @@ through tests/e2e/clients/browser.mjs) gets the HTML 402 page from a real Envoy 
 real LNbits, its QR code decodes (zbarimg) to the invoice, the page works without JavaScript, and a
 WebLN wallet (or a preimage pasted from a phone wallet) pays and lands the browser on the paid
 resource with the upstream's 200. The cookie it then holds is refused on another service's route,
-on a route without the opt-in, after expiry and when tampered with, and never reaches the upstream.
+on a route without the opt-in, after expiry and when tampered with, and never reaches the upstream;
+redemptions are refused with their reason, pass upstream in a dry run, and show in the access log.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from harness import ROOT, RUN_DIR, http
-from test_filter_support import CLIENTS_DIR, Backend, Gateway, challenge_parts, token_id_of
+from attacks import credential as l402_credential
+from attacks import py_mint
+from harness import ROOT, RUN_DIR
+from ops_support import LoggingGateway
+from test_filter_support import CLIENTS_DIR, Backend, Gateway, token_id_of
 
 BROWSER_JS = Path(__file__).resolve().parent / "clients" / "browser.mjs"
 CHROMIUM_ACCEPT = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,"
@@ -36,6 +40,8 @@ ROUTES = [
      "browser": {"cookie": True}},
     {"match": {"path_prefix": "/dev/"}, "service": "dev", "price_sat": 1, "browser": {"cookie": True, "cookie_secure": False}},
     {"match": {"path_prefix": "/page/"}, "service": "page", "price_sat": 1, "browser": {}},
+    {"match": {"path_prefix": "/try/"}, "service": "try", "price_sat": 1, "browser": {"cookie": True},
+     "dry_run": True},
 ]
 SCREENSHOT = ROOT / "docs" / "402-page.png"
 
@@ -298,3 +304,34 @@ def test_refused_redemptions(gw, clean_upstream):
     assert plain.status == 402 and plain.json()["reason"] == "payment_required"
     assert clean_upstream.requests() == []
     assert redeem(gw, "/v1/a", credential).status == 303
+    # In a dry run every request goes upstream, a redemption too, with its would-be decision.
+    tried = redeem(gw, "/try/a", None)
+    assert tried.status == 200 and "set-cookie" not in tried.headers
+    (seen,) = clean_upstream.requests()
+    assert seen["method"] == "POST" and seen["headers"]["x-l402-dry-run"].startswith("challenge; reason=no_credential")
+
+
+def test_redemptions_in_the_access_log(wasm, clean_upstream):
+    """With `access_log_fields`, a redemption's line says `redeemed` with the token it turned into a
+    cookie, or `refused` with the reason (envoy/access-log.yaml, the LND simulator)."""
+    backend = Backend("lnd")
+    g = LoggingGateway(backend, clean_upstream.port, ROUTES[:1])
+    try:
+        mac, preimage = py_mint(g.secret, ["services=weather:0"])
+        paid = l402_credential(mac, preimage).split(" ", 1)[1]
+        assert redeem(g, "/v1/a", paid).status == 303
+        assert redeem(g, "/v1/a", f"{paid[:-64]}{'0' * 64}").status == 403
+        assert redeem(g, "/v1/a", paid, site="cross-site").status == 403
+        weather = {"service": "weather", "price_msat": "10000"}
+        assert g.log(3) == [
+            {"method": "POST", "path": "/v1/a?l402-redeem", "status": 303, "outcome": "redeemed", **weather,
+             "token_id": token_id_of(f"L402 {paid}")},
+            {"method": "POST", "path": "/v1/a?l402-redeem", "status": 403, "outcome": "refused",
+             "reason": "preimage_mismatch", **weather},
+            {"method": "POST", "path": "/v1/a?l402-redeem", "status": 403, "outcome": "refused",
+             "reason": "cross_site", **weather},
+        ]
+        assert clean_upstream.requests() == []
+    finally:
+        g.stop()
+        backend.stop()
