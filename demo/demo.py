@@ -127,11 +127,19 @@ def main() -> int:
         show(response, elapsed)
         say(f"   reason: {response.json()['reason']} ({response.json()['detail']})")
 
+        step(6, "The same 402 for a person: a browser gets a payable page")
+        response, elapsed = timed_get(f"{api}/v1/forecast", {"Accept": "text/html"})
+        show(response, elapsed)
+        say(f"   {response.headers.get('content-type')}: the invoice as a QR code and text, an \"Open in wallet\" link,")
+        say("   \"Pay with WebLN\" where a browser wallet is installed; once paid, the browser lands on the API")
+        say(f"   Open it: {BOLD}{api}/v1/forecast{RESET}" + ("" if args.serve else " (with --serve, to try it)"))
+
         paid_paths = [p for p in upstream.paths() if p.startswith("/v1/")]
         say(f"\n{GREEN}Done.{RESET} The upstream saw {len(paid_paths)} requests on /v1/, all paid.")
 
         if args.serve:
             say(f"\n{BOLD}Serving. Try:{RESET}")
+            say(f"   in a browser: {api}/v1/forecast  (the payable 402 page; pay its invoice with the command below)")
             say(f"   curl -i {api}/health")
             say(f"   curl -i {api}/v1/forecast")
             say(f"   curl -i -H 'Authorization: {credential}' {api}/v1/forecast")

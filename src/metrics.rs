@@ -61,6 +61,7 @@ counters! {
     DryRunPasses => "l402_dry_run_passes",
     CookiesIssued => "l402_browser_cookies_issued",
     CrossSiteRedemption => "l402_refused_cross_site",
+    InsecureOriginRedemption => "l402_refused_insecure_origin",
 }
 
 /// Name of the callout latency histogram, in milliseconds.

@@ -50,6 +50,25 @@ pub fn set_cookie(cookie: &Cookie, value: &str, max_age_s: Option<u64>) -> Strin
     header
 }
 
+/// Whether a browser keeps and sends a `Secure` cookie for this request: it came over HTTPS (the
+/// request's `:scheme`, or the `x-forwarded-proto` of a proxy that terminated TLS), or its host is a
+/// loopback name or address, which browsers treat as a secure origin.
+pub fn secure_origin(scheme: Option<&str>, forwarded_proto: Option<&str>, authority: &str) -> bool {
+    let https = |value: Option<&str>| value.is_some_and(|v| v.trim().eq_ignore_ascii_case("https"));
+    https(scheme) || https(forwarded_proto) || is_loopback(authority)
+}
+
+fn is_loopback(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or(rest, |(host, _)| host),
+        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
+    };
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +112,26 @@ mod tests {
         assert!(is_cookie_value("AgEE-_:00"));
         for bad in ["", "a b", "a;b", "a,b", "a\"b", "a\\b", "é", "a\nb"] {
             assert!(!is_cookie_value(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn secure_origins_are_https_or_loopback() {
+        assert!(secure_origin(Some("https"), None, "api.example.com"));
+        assert!(secure_origin(Some("http"), Some("HTTPS"), "api.example.com"));
+        for loopback in ["127.0.0.1:8000", "127.1.2.3", "[::1]:443", "localhost", "LOCALHOST.:80", "app.localhost"] {
+            assert!(secure_origin(Some("http"), None, loopback), "{loopback}");
+        }
+        for plain in [
+            "api.example.com",
+            "10.0.0.1:80",
+            "[2001:db8::1]",
+            "localhost.example.com",
+            "127.0.0.1.example",
+            "127.0.0.256",
+        ] {
+            assert!(!secure_origin(Some("http"), None, plain), "{plain}");
+            assert!(!secure_origin(None, Some("http"), plain), "{plain}");
         }
     }
 }

@@ -30,17 +30,27 @@ fn cookie_of(service: &Service) -> Option<&Cookie> {
     service.browser.as_ref()?.cookie.as_ref()
 }
 
+/// Whether this request's origin is one where a browser keeps `Secure` cookies (read lazily: the
+/// scheme settles it for most requests).
+fn secure_origin() -> bool {
+    let scheme = header(":scheme");
+    if cookie::secure_origin(scheme.as_deref(), None, "") {
+        return true;
+    }
+    cookie::secure_origin(None, header("x-forwarded-proto").as_deref(), &header(":authority").unwrap_or_default())
+}
+
 impl Http {
     /// On a route with the cookie: the credential the cookie carries, as an `Authorization` value.
     /// The cookie is removed before the upstream whichever credential opens the route.
+    /// A `Secure` cookie that came over plain HTTP is removed and not read: no browser sends one.
     pub(super) fn cookie_credential(&mut self, service: &Service, target: &str) -> Option<String> {
         let settings = cookie_of(service)?;
         self.browser.target = Some(target.to_owned());
         let header = header("cookie")?;
         let value = cookie::find(&header, &settings.name)?;
-        let credential = format!("L402 {value}");
         self.browser.cookie_rest = Some(cookie::without(&header, &settings.name));
-        Some(credential)
+        (!settings.secure || secure_origin()).then(|| format!("L402 {value}"))
     }
 
     /// The upstream gets the `Cookie` header without the credential's cookie.
@@ -108,6 +118,16 @@ impl Http {
             self.respond(&response::redemption_refused(
                 "cross_site",
                 "a payment is redeemed only from this site's own page",
+            ));
+            return Some(Action::Pause);
+        }
+        // A Secure cookie set over plain HTTP would never come back: say so instead.
+        if settings.secure && !secure_origin() {
+            shared.count(Counter::InsecureOriginRedemption);
+            self.decided(&refused("insecure_origin"));
+            self.respond(&response::redemption_refused(
+                "insecure_origin",
+                "the cookie is Secure and this request came over plain HTTP: serve the route over HTTPS (browser.cookie_secure: false is for plain-HTTP development only)",
             ));
             return Some(Action::Pause);
         }

@@ -311,6 +311,25 @@ def test_refused_redemptions(gw, clean_upstream):
     assert seen["method"] == "POST" and seen["headers"]["x-l402-dry-run"].startswith("challenge; reason=no_credential")
 
 
+def test_no_secure_cookie_over_plain_http(gw, clean_upstream):
+    """A Secure cookie is set and read only where a browser keeps it: over HTTPS (as the request's
+    scheme or a TLS-terminating proxy's x-forwarded-proto says) or on a loopback host."""
+    credential = buy(gw, "/v1/a")
+    public = {"Host": "shop.example", "Sec-Fetch-Site": "same-origin", "Authorization": f"L402 {credential}"}
+    r = gw.request("/v1/a?l402-redeem", method="POST", headers=public)
+    assert r.status == 403 and r.json()["reason"] == "insecure_origin" and "set-cookie" not in r.headers
+    behind_tls = gw.request("/v1/a?l402-redeem", method="POST", headers={**public, "X-Forwarded-Proto": "https"})
+    assert behind_tls.status == 303 and set_cookie(behind_tls)["secure"] == ""
+    # The cookie that came over plain HTTP to a public host is removed and not read.
+    plain = gw.request("/v1/a", headers={"Host": "shop.example", "Cookie": f"l402-weather={credential}"})
+    assert plain.status == 402 and plain.json()["reason"] == "payment_required"
+    assert clean_upstream.requests() == []
+    # The dev route without Secure redeems over plain HTTP.
+    dev = buy(gw, "/dev/a")
+    assert gw.request("/dev/a?l402-redeem", method="POST", headers={
+        "Host": "shop.example", "Sec-Fetch-Site": "same-origin", "Authorization": f"L402 {dev}"}).status == 303
+
+
 def test_redemptions_in_the_access_log(wasm, clean_upstream):
     """With `access_log_fields`, a redemption's line says `redeemed` with the token it turned into a
     cookie, or `refused` with the reason (envoy/access-log.yaml, the LND simulator)."""

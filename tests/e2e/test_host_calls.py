@@ -114,14 +114,17 @@ BROWSER_CONFIG = {**CONFIG, "routes": [
 ]}
 # The paid path reads the `Cookie` header too (one more read), whichever credential opens the route;
 # a cookie credential is removed from it instead of the `Authorization` header (or the header is
-# rewritten when it holds other cookies).
+# rewritten when it holds other cookies), and its request's `:scheme` is read (a Secure cookie over
+# plain HTTP is not read).
 BROWSER_PAID = [READ] * 4 + [TIME] + [REMOVE] + [SET] * 3
-BROWSER_PAID_OTHER_COOKIES = [READ] * 4 + [TIME] + [SET] * 4
+BROWSER_PAID_BY_COOKIE = [READ] * 5 + [TIME] + [REMOVE] + [SET] * 3
+BROWSER_PAID_OTHER_COOKIES = [READ] * 5 + [TIME] + [SET] * 4
+HTTPS = [(":scheme", "https")]
 # The challenge reads the cookie too; the page's `Accept` is read with the node's answer.
 BROWSER_CHALLENGE = [READ] * 7 + [TIME, "random_get", "proxy_http_call", TIME]
-# A redemption: the method, the path, the fetch site, the credential and the clock; the 303 (its
-# sending reads the content type, for gRPC).
-REDEMPTION = [READ] * 4 + [TIME, READ, "proxy_send_local_response"]
+# A redemption: the method, the path, the fetch site, the scheme (a Secure cookie is not set over
+# plain HTTP), the credential and the clock; the 303 (its sending reads the content type, for gRPC).
+REDEMPTION = [READ] * 5 + [TIME, READ, "proxy_send_local_response"]
 
 
 @pytest.fixture
@@ -134,13 +137,30 @@ def browser_host(wasm):
 
 def test_paid_by_cookie(browser_host):
     cookie_value = paid_credential().split(" ", 1)[1]
-    request, calls = browser_host.request(BASE + [(":path", "/v1/x"), ("cookie", f"l402-weather={cookie_value}")])
+    request, calls = browser_host.request(BASE + HTTPS + [(":path", "/v1/x"), ("cookie", f"l402-weather={cookie_value}")])
     assert request.continued and not request.callouts
-    assert calls == BROWSER_PAID, calls
+    assert calls == BROWSER_PAID_BY_COOKIE, calls
     assert "cookie" not in dict(request.headers)
-    request, calls = browser_host.request(BASE + [(":path", "/v1/x"), ("cookie", f"a=1; l402-weather={cookie_value}")])
+    request, calls = browser_host.request(BASE + HTTPS + [(":path", "/v1/x"),
+                                                          ("cookie", f"a=1; l402-weather={cookie_value}")])
     assert calls == BROWSER_PAID_OTHER_COOKIES, calls
     assert dict(request.headers)["cookie"] == "a=1"
+
+
+def test_a_secure_cookie_over_plain_http_is_not_read(browser_host):
+    cookie_value = paid_credential().split(" ", 1)[1]
+    request, _ = browser_host.request(BASE + [(":scheme", "http"), (":path", "/v1/x"),
+                                              ("cookie", f"l402-weather={cookie_value}")])
+    assert not request.continued and len(request.callouts) == 1, "challenged, never passed"
+
+
+def test_no_secure_cookie_is_set_over_plain_http(browser_host):
+    headers = [(":method", "POST"), (":scheme", "http"), (":authority", "api.example.com"),
+               (":path", "/v1/x?l402-redeem"), ("sec-fetch-site", "same-origin"), ("authorization", paid_credential())]
+    request, _ = browser_host.request(headers)
+    assert request.response is not None and request.response[0] == 403
+    assert json.loads(request.response[2])["reason"] == "insecure_origin"
+    assert not any(k == "set-cookie" for k, _ in request.response[1])
 
 
 def test_paid_by_authorization_on_a_cookie_route(browser_host):
@@ -155,8 +175,8 @@ def test_challenge_on_a_cookie_route(browser_host):
 
 
 def test_redemption(browser_host):
-    headers = [(":method", "POST"), (":authority", "api.example.com"), (":path", "/v1/x?l402-redeem"),
-               ("sec-fetch-site", "same-origin"), ("authorization", paid_credential())]
+    headers = [(":method", "POST"), (":scheme", "https"), (":authority", "api.example.com"),
+               (":path", "/v1/x?l402-redeem"), ("sec-fetch-site", "same-origin"), ("authorization", paid_credential())]
     request, calls = browser_host.request(headers)
     assert request.response is not None and request.response[0] == 303 and not request.callouts
     assert calls == REDEMPTION, calls
