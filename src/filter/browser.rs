@@ -37,7 +37,10 @@ fn secure_origin() -> bool {
     if cookie::secure_origin(scheme.as_deref(), None, "") {
         return true;
     }
-    cookie::secure_origin(None, header("x-forwarded-proto").as_deref(), &header(":authority").unwrap_or_default())
+    // nginx's `:authority` is its own server name and port; the client's is its `Host` (which Envoy
+    // turns into `:authority`).
+    let authority = header("host").or_else(|| header(":authority")).unwrap_or_default();
+    cookie::secure_origin(None, header("x-forwarded-proto").as_deref(), &authority)
 }
 
 impl Http {
