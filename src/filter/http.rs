@@ -319,7 +319,9 @@ impl Http {
         if let Some(manifest) = shared.manifest.as_ref().filter(|manifest| manifest.serves(&path)) {
             return self.serve_manifest(manifest, &method);
         }
-        let authority = if config.matches_host { header(":authority").unwrap_or_default() } else { String::new() };
+        // nginx's `:authority` is its own server name and port: the client's host is its `Host`.
+        let authority_header = if self.host == Host::Nginx { "host" } else { ":authority" };
+        let authority = if config.matches_host { header(authority_header).unwrap_or_default() } else { String::new() };
         if method == "POST" {
             if let Some(action) = self.redeem(&path, &authority) {
                 return action;

@@ -44,3 +44,15 @@ def test_page_redemption_and_cookie(gateway, api, lnd, nginx):
     tampered = value[:-2] + ("00" if not value.endswith("00") else "11")
     refused = engine.get("/v1/forecast", {"Cookie": tampered, "Accept": "text/html"})
     assert refused.status == 402 and len(api.requests()) == 2
+
+
+@pytest.mark.parametrize("nginx", engine_params(ENGINES))
+def test_host_rules_read_the_clients_host(gateway, api, lnd, nginx):
+    """`match.host` compares the client's host: the engine's `:authority` is nginx's own server name."""
+    routes = [{"match": {"host": "api.example.com", "path_prefix": "/v1/"}, "service": "weather", "price_sat": 10},
+              {"match": {"path_prefix": "/v1/"}, "free": True}]
+    engine = gateway(config(lnd_node(lnd), routes), nginx, workers=1)
+    assert engine.get("/v1/x", {"Host": "api.example.com"}).status == 402
+    assert engine.get("/v1/x", {"Host": "API.example.com.:8443"}).status == 402
+    assert engine.get("/v1/x", {"Host": "other.example.com"}).status == 200
+    assert [e["path"] for e in api.requests()] == ["/v1/x"]
