@@ -115,23 +115,22 @@ impl Http {
         let service = paid.service;
         let refused = |reason| Record::new(Outcome::Refused).reason(reason).service(&service.name, service.price_msat);
         // A browser names the site whose page posts: another site's would plant its token here.
-        if header("sec-fetch-site").is_some_and(|site| site != "same-origin") {
-            shared.count(Counter::CrossSiteRedemption);
-            self.decided(&refused("cross_site"));
-            self.respond(&response::redemption_refused(
-                "cross_site",
-                "a payment is redeemed only from this site's own page",
-            ));
-            return Some(Action::Pause);
-        }
-        // A Secure cookie set over plain HTTP would never come back: say so instead.
-        if settings.secure && !secure_origin() {
-            shared.count(Counter::InsecureOriginRedemption);
-            self.decided(&refused("insecure_origin"));
-            self.respond(&response::redemption_refused(
+        // And a Secure cookie set over plain HTTP would never come back: say so instead.
+        let before = if header("sec-fetch-site").is_some_and(|site| site != "same-origin") {
+            Some((Counter::CrossSiteRedemption, "cross_site", "a payment is redeemed only from this site's own page"))
+        } else if settings.secure && !secure_origin() {
+            Some((
+                Counter::InsecureOriginRedemption,
                 "insecure_origin",
                 "the cookie is Secure and this request came over plain HTTP: serve the route over HTTPS (browser.cookie_secure: false is for plain-HTTP development only)",
-            ));
+            ))
+        } else {
+            None
+        };
+        if let Some((counter, reason, detail)) = before {
+            shared.count(counter);
+            self.decided(&refused(reason));
+            self.respond(&response::redemption_refused(reason, detail));
             return Some(Action::Pause);
         }
         let authorization = host::request_header("authorization").ok().flatten().filter(|a| is_l402_authorization(a));
