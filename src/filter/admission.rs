@@ -138,7 +138,7 @@ impl Http {
         self.decided(&paid.token(&admission.identifier.token_id));
         self.hand_off(admission);
         if let Some(challenge_id) = &admission.charge {
-            self.receipt = Some(receipt(challenge_id, &admission.identifier.payment_hash, host::now_unix()));
+            self.receipt = Some(receipt(challenge_id, &admission.identifier.payment_hash, self.now));
         }
         Action::Continue
     }

@@ -56,6 +56,8 @@ pub struct Http {
     pub(super) withheld: Option<String>,
     /// The `Payment-Receipt` of an admitted Payment-scheme charge, for the response.
     pub(super) receipt: Option<String>,
+    /// The clock as the gate read it for a paid route (Unix seconds): the receipt's timestamp.
+    pub(super) now: u64,
     /// On a route with the browser's cookie: what the page and the upstream's `Cookie` need.
     pub(super) browser: BrowserState,
 }
@@ -85,6 +87,7 @@ impl Http {
             replacing_body: false,
             withheld: None,
             receipt: None,
+            now: 0,
             browser: BrowserState::default(),
         }
     }
@@ -359,11 +362,9 @@ impl Http {
                     (None, None) => &["grpc-metadata-macaroon", "macaroon"],
                 };
                 let macaroon = macaroon.or(token);
-                let presented = Presented {
-                    authorization: authorization.as_deref(),
-                    macaroon: macaroon.as_deref(),
-                    now: host::now_unix(),
-                };
+                self.now = host::now_unix();
+                let presented =
+                    Presented { authorization: authorization.as_deref(), macaroon: macaroon.as_deref(), now: self.now };
                 gate::decide_paid(config, &mut shared.cache.borrow_mut(), &paid, &method, &presented)
             }
         };

@@ -40,10 +40,10 @@ FREE = [READ] * 2 + [REMOVE] * 3
 # for the token id, the callout, and the clock again for its latency.
 CHALLENGE = [READ] * 6 + [TIME, "random_get", "proxy_http_call", TIME]
 # A Payment-scheme charge: the paid path's calls, its single use counted in shared data (a read and
-# a compare-and-swap), the clock for the receipt; on the answer, the receipt set and the cache policy
-# read and made private.
+# a compare-and-swap); on the answer, the receipt (timed by the gate's clock read) set and the cache
+# policy read and made private.
 CHARGE = ([READ] * 3 + [TIME] + ["proxy_get_shared_data", "proxy_set_shared_data"] + [REMOVE] + [SET] * 3
-          + [TIME] + [SET, READ, SET])
+          + [SET, READ, SET])
 
 
 def paid_credential() -> str:
