@@ -66,25 +66,40 @@ fn update<const N: usize, T>(
     Err(StoreError::CasMismatch)
 }
 
-/// Counts one use against `limit`; `Ok(false)` when the limit was already reached.
-pub fn take_one(store: &dyn SharedStore, key: &str, limit: u64) -> Result<bool, StoreError> {
+/// How a credential draws on its purchase's use count: an L402 token one use at a time; a
+/// Payment-scheme charge all of it at once, and only if none was used (it is single-use, and spends
+/// the L402 token bought with the same invoice). One rule for the shared data and the fleet's etcd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Draw {
+    One,
+    All,
+}
+
+impl Draw {
+    /// The count after the draw against `limit`, from the count before it; `None` when it may not
+    /// be made.
+    pub fn next(self, used: u64, limit: u64) -> Option<u64> {
+        match self {
+            Draw::One => (used < limit).then(|| used.saturating_add(1)),
+            Draw::All => (used == 0).then_some(limit.max(1)),
+        }
+    }
+}
+
+/// Draws on the count at `key` against `limit`; `Ok(false)` when the draw may not be made.
+pub fn draw(store: &dyn SharedStore, key: &str, draw: Draw, limit: u64) -> Result<bool, StoreError> {
     update::<1, bool>(store, key, |stored| {
         let [used] = stored.unwrap_or_default();
-        if used >= limit {
-            (None, false)
-        } else {
-            (Some([used.saturating_add(1)]), true)
+        match draw.next(used, limit) {
+            Some(next) => (Some([next]), true),
+            None => (None, false),
         }
     })
 }
 
-/// Takes every use of a purchase at once, and only if none was taken: a Payment-scheme charge is
-/// single-use, and spends an L402 token bought with the same invoice. `Ok(false)` when any use was.
-pub fn take_all(store: &dyn SharedStore, key: &str, limit: u64) -> Result<bool, StoreError> {
-    update::<1, bool>(store, key, |stored| match stored.unwrap_or_default() {
-        [0] => (Some([limit.max(1)]), true),
-        _ => (None, false),
-    })
+/// Counts one use against `limit`; `Ok(false)` when the limit was already reached.
+pub fn take_one(store: &dyn SharedStore, key: &str, limit: u64) -> Result<bool, StoreError> {
+    draw(store, key, Draw::One, limit)
 }
 
 /// Creates a use counter at zero before its first use. The proxy-wasm ABI has no create-if-absent:
@@ -208,11 +223,11 @@ mod tests {
     #[test]
     fn a_charge_takes_a_purchase_whole_and_only_unused() {
         let store = MemoryStore::default();
-        assert_eq!(take_all(&store, "fresh", 3), Ok(true));
+        assert_eq!(draw(&store, "fresh", Draw::All, 3), Ok(true));
         assert_eq!(take_one(&store, "fresh", 3), Ok(false), "the token of the same purchase is spent");
-        assert_eq!(take_all(&store, "fresh", 3), Ok(false), "a replay");
+        assert_eq!(draw(&store, "fresh", Draw::All, 3), Ok(false), "a replay");
         assert_eq!(take_one(&store, "used", 3), Ok(true));
-        assert_eq!(take_all(&store, "used", 3), Ok(false), "the token was used first");
+        assert_eq!(draw(&store, "used", Draw::All, 3), Ok(false), "the token was used first");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::metrics::Counter;
 use crate::outcome::{Outcome, Record};
 use crate::payment::receipt::receipt;
 use crate::payment::PaymentError;
-use crate::store;
+use crate::store::{self, Draw};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
 
@@ -40,11 +40,11 @@ impl Admission {
         }
     }
 
-    /// The use count after this request, from the count before it; `None` when it may not pass.
-    fn next_count(&self, count: u64, limit: u64) -> Option<u64> {
+    /// How the credential draws on its purchase's use count.
+    fn draw(&self) -> Draw {
         match self.charge {
-            Some(_) => (count == 0).then_some(limit),
-            None => (count < limit).then(|| count.saturating_add(1)),
+            Some(_) => Draw::All,
+            None => Draw::One,
         }
     }
 
@@ -83,17 +83,15 @@ impl Http {
         let shared = Rc::clone(&self.shared);
         let token_id = &admission.identifier.token_id;
         if let Some(fleet) = &shared.config.fleet {
-            let Some(next) = admission.next_count(0, limit) else { return self.pass(admission) };
-            let request = fleet::count_use(&fleet::uses_key(&fleet.prefix, token_id), None, next);
+            // The first draw, where the counter does not exist yet.
+            let Some(first) = admission.draw().next(0, limit) else {
+                return self.challenge(admission.service.clone(), Some(admission.exhausted()));
+            };
+            let request = fleet::count_use(&fleet::uses_key(&fleet.prefix, token_id), None, first);
             let waiting = Waiting::Usage { admission: admission.clone(), limit, attempt: 1 };
             return self.call(&fleet.endpoint, &request, waiting);
         }
-        let counter = key("uses", token_id);
-        let taken = match admission.charge {
-            Some(_) => store::take_all(&HostStore, &counter, limit),
-            None => store::take_one(&HostStore, &counter, limit),
-        };
-        match taken {
+        match store::draw(&HostStore, &key("uses", token_id), admission.draw(), limit) {
             Ok(true) => self.pass(admission),
             Ok(false) => self.challenge(admission.service.clone(), Some(admission.exhausted())),
             Err(e) => self.store_failure(&e, Some(admission)),
@@ -112,21 +110,19 @@ impl Http {
         let Some(fleet) = &shared.config.fleet else { return Action::Pause };
         match answer {
             Ok(TxnOutcome::Counted) => self.pass(&admission),
-            Ok(TxnOutcome::Changed(seen)) if admission.next_count(seen.count, limit).is_none() => {
-                let refusal = admission.exhausted();
-                self.challenge(admission.service, Some(refusal))
-            }
-            Ok(TxnOutcome::Changed(seen)) if attempt < FLEET_CAS_ATTEMPTS => {
-                let next = admission.next_count(seen.count, limit).unwrap_or(limit);
-                let key = fleet::uses_key(&fleet.prefix, &admission.identifier.token_id);
-                let request = fleet::count_use(&key, Some(&seen), next);
-                self.call(
-                    &fleet.endpoint,
-                    &request,
-                    Waiting::Usage { admission, limit, attempt: attempt.saturating_add(1) },
-                )
-            }
-            Ok(TxnOutcome::Changed(_)) => self.store_failure(&"use counter kept changing", Some(&admission)),
+            Ok(TxnOutcome::Changed(seen)) => match admission.draw().next(seen.count, limit) {
+                None => {
+                    let refusal = admission.exhausted();
+                    self.challenge(admission.service, Some(refusal))
+                }
+                Some(next) if attempt < FLEET_CAS_ATTEMPTS => {
+                    let key = fleet::uses_key(&fleet.prefix, &admission.identifier.token_id);
+                    let request = fleet::count_use(&key, Some(&seen), next);
+                    let waiting = Waiting::Usage { admission, limit, attempt: attempt.saturating_add(1) };
+                    self.call(&fleet.endpoint, &request, waiting)
+                }
+                Some(_) => self.store_failure(&"use counter kept changing", Some(&admission)),
+            },
             Err(error) => self.store_failure(&error, Some(&admission)),
         }
     }
