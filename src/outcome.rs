@@ -46,7 +46,7 @@ impl Outcome {
 }
 
 /// The reason of a challenge without a credential, as its counter names it.
-pub const NO_CREDENTIAL: &str = "no_credential";
+const NO_CREDENTIAL: &str = "no_credential";
 
 /// An outcome and what the filter knew of it. Every value is token text (service names, reason
 /// codes, digits, hex), so neither rendering needs quoting.
@@ -66,6 +66,14 @@ pub struct Record<'a> {
 impl<'a> Record<'a> {
     pub fn new(outcome: Outcome) -> Record<'a> {
         Record { outcome, reason: None, service: None, price_msat: None, token_id: None, dry_run: false }
+    }
+
+    /// A 402: for the refusal's reason, or for no credential at all.
+    pub fn challenge(refusal: Option<&'a str>) -> Record<'a> {
+        match refusal {
+            Some(reason) => Record::new(Outcome::Refused).reason(reason),
+            None => Record::new(Outcome::Challenge).reason(NO_CREDENTIAL),
+        }
     }
 
     pub fn reason(self, reason: &'a str) -> Record<'a> {

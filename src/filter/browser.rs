@@ -30,20 +30,18 @@ fn cookie_of(service: &Service) -> Option<&Cookie> {
     service.browser.as_ref()?.cookie.as_ref()
 }
 
-/// Whether this request's origin is one where a browser keeps `Secure` cookies (read lazily: the
-/// scheme settles it for most requests).
-fn secure_origin() -> bool {
-    let scheme = header(":scheme");
-    if cookie::secure_origin(scheme.as_deref(), None, "") {
-        return true;
-    }
-    // nginx's `:authority` is its own server name and port; the client's is its `Host` (which Envoy
-    // turns into `:authority`).
-    let authority = header("host").or_else(|| header(":authority")).unwrap_or_default();
-    cookie::secure_origin(None, header("x-forwarded-proto").as_deref(), &authority)
-}
-
 impl Http {
+    /// Whether this request's origin is one where a browser keeps `Secure` cookies (read lazily: the
+    /// scheme settles it for most requests).
+    fn secure_origin(&self) -> bool {
+        let scheme = header(":scheme");
+        if cookie::secure_origin(scheme.as_deref(), None, "") {
+            return true;
+        }
+        let host = self.client_host().unwrap_or_default();
+        cookie::secure_origin(None, header("x-forwarded-proto").as_deref(), &host)
+    }
+
     /// On a route with the cookie: the credential the cookie carries, as an `Authorization` value.
     /// The cookie is removed before the upstream whichever credential opens the route.
     /// A `Secure` cookie that came over plain HTTP is removed and not read: no browser sends one.
@@ -53,7 +51,7 @@ impl Http {
         let header = header("cookie")?;
         let value = cookie::find(&header, &settings.name)?;
         self.browser.cookie_rest = Some(cookie::without(&header, &settings.name));
-        (!settings.secure || secure_origin()).then(|| format!("L402 {value}"))
+        (!settings.secure || self.secure_origin()).then(|| format!("L402 {value}"))
     }
 
     /// The upstream gets the `Cookie` header without the credential's cookie.
@@ -118,7 +116,7 @@ impl Http {
         // And a Secure cookie set over plain HTTP would never come back: say so instead.
         let before = if header("sec-fetch-site").is_some_and(|site| site != "same-origin") {
             Some((Counter::CrossSiteRedemption, "cross_site", "a payment is redeemed only from this site's own page"))
-        } else if settings.secure && !secure_origin() {
+        } else if settings.secure && !self.secure_origin() {
             Some((
                 Counter::InsecureOriginRedemption,
                 "insecure_origin",

@@ -9,7 +9,7 @@ use super::root::Shared;
 use crate::config::Service;
 use crate::gate::{Decision, Refusal};
 use crate::metrics::Counter;
-use crate::outcome::{Outcome, Record, NO_CREDENTIAL};
+use crate::outcome::{Outcome, Record};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
 
@@ -76,9 +76,5 @@ fn would_challenge<'a>(shared: &Shared, service: &'a Service, refusal: Option<&'
     shared.count(Counter::for_refusal(refusal));
     shared.count(Counter::ChallengesIssued);
     let price = if service.dynamic_price { None } else { service.price_msat };
-    match refusal {
-        Some(refusal) => Record::new(Outcome::Refused).reason(refusal.code()),
-        None => Record::new(Outcome::Challenge).reason(NO_CREDENTIAL),
-    }
-    .service(&service.name, price)
+    Record::challenge(refusal.map(Refusal::code)).service(&service.name, price)
 }

@@ -13,7 +13,7 @@ use crate::gate::{self, Decision, Presented, Refusal, Routing};
 use crate::l402::encoding::hex_encode;
 use crate::lightning::{parse_invoice, parse_settlement, Callout, MAX_RESPONSE_BYTES};
 use crate::metrics::Counter;
-use crate::outcome::{Outcome, Record, NO_CREDENTIAL};
+use crate::outcome::{Outcome, Record};
 use crate::payment::{is_payment_authorization, receipt};
 use crate::policy::canonical_target;
 use crate::pricing::{parse_quote, Quote};
@@ -90,6 +90,12 @@ impl Http {
             now: 0,
             browser: BrowserState::default(),
         }
+    }
+
+    /// The host the client asked for: Envoy's `:authority`; on nginx its `Host`, since the engine's
+    /// `:authority` is nginx's own server name and port.
+    pub(super) fn client_host(&self) -> Option<String> {
+        header(if self.host == Host::Nginx { "host" } else { ":authority" })
     }
 
     /// The host, asked on the first request of this worker; on nginx also the request target as sent.
@@ -216,10 +222,7 @@ impl Context for Http {
                 match parse_invoice(config.node.kind, status, &body) {
                     Ok(invoice) => {
                         shared.count(Counter::ChallengesIssued);
-                        let outcome = match &refusal {
-                            Some(refusal) => Record::new(Outcome::Refused).reason(refusal.code()),
-                            None => Record::new(Outcome::Challenge).reason(NO_CREDENTIAL),
-                        };
+                        let outcome = Record::challenge(refusal.as_ref().map(Refusal::code));
                         self.decided(&outcome.service(&service.name, Some(quote.price_msat)).token(&token_id));
                         let reply = self.payment_required(
                             &service,
@@ -322,9 +325,7 @@ impl Http {
         if let Some(manifest) = shared.manifest.as_ref().filter(|manifest| manifest.serves(&path)) {
             return self.serve_manifest(manifest, &method);
         }
-        // nginx's `:authority` is its own server name and port: the client's host is its `Host`.
-        let authority_header = if self.host == Host::Nginx { "host" } else { ":authority" };
-        let authority = if config.matches_host { header(authority_header).unwrap_or_default() } else { String::new() };
+        let authority = if config.matches_host { self.client_host().unwrap_or_default() } else { String::new() };
         if method == "POST" {
             if let Some(action) = self.redeem(&path, &authority) {
                 return action;
