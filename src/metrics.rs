@@ -62,6 +62,8 @@ counters! {
     CookiesIssued => "l402_browser_cookies_issued",
     CrossSiteRedemption => "l402_refused_cross_site",
     InsecureOriginRedemption => "l402_refused_insecure_origin",
+    BalanceExhausted => "l402_refused_balance_exhausted",
+    MeteredChargedMsat => "l402_metered_charged_msat",
 }
 
 /// Name of the callout latency histogram, in milliseconds.
@@ -75,6 +77,7 @@ impl Counter {
             Some(Refusal::UsedUp) => return Counter::UsedUp,
             Some(Refusal::Unsettled) => return Counter::Unsettled,
             Some(Refusal::Payment(e)) => return Counter::for_payment_error(e),
+            Some(Refusal::BalanceExhausted { .. }) => return Counter::BalanceExhausted,
             Some(Refusal::Token(e)) => e,
         };
         match token_error {
@@ -130,8 +133,13 @@ const COUNTERS: usize = Counter::ALL.len();
 
 impl Pending {
     pub fn bump(&self, counter: Counter) {
+        self.add(counter, 1);
+    }
+
+    /// Counts an amount (msat charged) rather than an event.
+    pub fn add(&self, counter: Counter, amount: u64) {
         if let Some(cell) = self.cells.get(counter as usize) {
-            cell.set(cell.get().saturating_add(1));
+            cell.set(cell.get().saturating_add(amount));
         }
     }
 
