@@ -63,7 +63,6 @@ counters! {
     CrossSiteRedemption => "l402_refused_cross_site",
     InsecureOriginRedemption => "l402_refused_insecure_origin",
     BalanceExhausted => "l402_refused_balance_exhausted",
-    MeteredChargedMsat => "l402_metered_charged_msat",
 }
 
 /// Name of the callout latency histogram, in milliseconds.
@@ -133,13 +132,8 @@ const COUNTERS: usize = Counter::ALL.len();
 
 impl Pending {
     pub fn bump(&self, counter: Counter) {
-        self.add(counter, 1);
-    }
-
-    /// Counts an amount (msat charged) rather than an event.
-    pub fn add(&self, counter: Counter, amount: u64) {
         if let Some(cell) = self.cells.get(counter as usize) {
-            cell.set(cell.get().saturating_add(amount));
+            cell.set(cell.get().saturating_add(1));
         }
     }
 
@@ -187,10 +181,19 @@ impl ServiceCounts {
 
     /// A paid request; a few services, so a scan beats hashing the name.
     pub fn paid(&self, service: &str, price_msat: Option<u64>) {
+        self.add(service, 1, price_msat.unwrap_or(0));
+    }
+
+    /// What a metered request was charged, once the upstream reported it.
+    pub fn charged(&self, service: &str, msat: u64) {
+        self.add(service, 0, msat);
+    }
+
+    fn add(&self, service: &str, requests_by: u64, msat_by: u64) {
         let Some(at) = self.names.iter().position(|name| name == service) else { return };
         if let Some((requests, msat)) = self.cells.get(at) {
-            requests.set(requests.get().saturating_add(1));
-            msat.set(msat.get().saturating_add(price_msat.unwrap_or(0)));
+            requests.set(requests.get().saturating_add(requests_by));
+            msat.set(msat.get().saturating_add(msat_by));
         }
     }
 
@@ -198,7 +201,7 @@ impl ServiceCounts {
     pub fn drain(&self) -> impl Iterator<Item = (usize, u64, u64)> + '_ {
         self.cells.iter().enumerate().filter_map(|(at, (requests, msat))| {
             let (requests, msat) = (requests.take(), msat.take());
-            (requests > 0).then_some((at, requests, msat))
+            (requests > 0 || msat > 0).then_some((at, requests, msat))
         })
     }
 }

@@ -104,10 +104,12 @@ pub fn payment_required(config: &Config, offer: &Offer<'_>, refusal: Option<&Ref
         "invoice": invoice,
         "invoice_expires_in_s": expiry_s,
     });
-    if let Some(Refusal::BalanceExhausted { balance_msat, reserve_msat }) = refusal {
+    if let (Some(Refusal::BalanceExhausted { balance_msat, reserve_msat }), Some(fields)) =
+        (refusal, body.as_object_mut())
+    {
         // What is left on the old token, for a client deciding on a new bundle.
-        body["balance_msat"] = json!(balance_msat);
-        body["reserve_msat"] = json!(reserve_msat);
+        fields.insert("balance_msat".to_owned(), json!(balance_msat));
+        fields.insert("reserve_msat".to_owned(), json!(reserve_msat));
     }
     json_response(challenge_status(config, offer, refusal), body, headers, grpc)
 }

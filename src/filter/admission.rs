@@ -132,7 +132,9 @@ impl Http {
 
     pub(super) fn pass(&mut self, admission: &Admission) -> Action {
         self.shared.count(Counter::Paid);
-        self.shared.service_counts.paid(&admission.service.name, admission.price_msat);
+        // A metered request's value is what it is charged, counted once the upstream answered.
+        let value = if self.meter.is_some() { None } else { admission.price_msat };
+        self.shared.service_counts.paid(&admission.service.name, value);
         let paid = Record::new(Outcome::Paid).service(&admission.service.name, admission.price_msat);
         self.decided(&paid.token(&admission.identifier.token_id));
         self.hand_off(admission);

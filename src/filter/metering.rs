@@ -17,6 +17,7 @@ use std::rc::Rc;
 /// A request's reservation, until the upstream's answer is charged.
 pub(super) struct Meter {
     terms: Metered,
+    service: String,
     token_id: [u8; 32],
     pub(super) reserved: u64,
     /// The balance left beside the reservation, for the upstream.
@@ -110,6 +111,7 @@ impl Http {
     ) -> Action {
         self.meter = Some(Meter {
             terms: terms.clone(),
+            service: admission.service.name.clone(),
             token_id: admission.identifier.token_id,
             reserved: terms.reserve_msat,
             balance_msat: held.balance_msat(),
@@ -183,7 +185,7 @@ impl Http {
         match meter.written {
             Some(seen) => {
                 let (after, charged) = seen.ledger.settle(meter.reserved, cost);
-                shared.count_by(Counter::MeteredChargedMsat, charged);
+                shared.service_counts.charged(&meter.service, charged);
                 let settlement =
                     Settlement { token_id: meter.token_id, reserved: meter.reserved, cost, seen, attempt: 0 };
                 shared.settlements.borrow_mut().push(settlement);
@@ -191,7 +193,7 @@ impl Http {
             }
             None => match store::settle(&HostStore, &key("balance", &meter.token_id), meter.reserved, cost) {
                 Ok((after, charged)) => {
-                    shared.count_by(Counter::MeteredChargedMsat, charged);
+                    shared.service_counts.charged(&meter.service, charged);
                     Some(after.balance_msat())
                 }
                 Err(e) => {

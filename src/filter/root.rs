@@ -50,10 +50,6 @@ impl Shared {
         self.counts.bump(counter);
     }
 
-    pub fn count_by(&self, counter: Counter, amount: u64) {
-        self.counts.add(counter, amount);
-    }
-
     pub fn is_revoked_in_fleet(&self, token_id: &[u8; 32]) -> bool {
         self.fleet_revoked.borrow().contains(token_id)
     }
