@@ -847,7 +847,7 @@ def _dup_price() -> dict[str, Any]:
 # Configs the schema accepts and the parser refuses (Kong accepts them, then the filter refuses the
 # config when it starts): documented in docs/kong.md and the schema's description. Draft 4 compares
 # no two values: a metered route's reserve against its price and its max_cost_msat, its cost_header
-# against the upstream_headers names. (id, config, environment, field).
+# against the upstream_headers names (nor those names against each other). (id, config, environment, field).
 SCHEMA_CANNOT_CHECK = [
     ("service-priced-twice", _dup_price(), ENV, "routes[2].service"),
     ("memo-over-639-bytes", mutate(full(), "invoice.memo", "é" * 320), ENV, "invoice.memo"),
@@ -873,6 +873,14 @@ SCHEMA_CANNOT_CHECK = [
     ("metered-cost-header-default-balance",
      mutate(mutate(METERED(), "upstream_headers", DELETE), "routes.3.metered.cost_header", "X-L402-Balance-Msat"),
      ENV, "routes[3].metered.cost_header"),
+    # A header the answer cannot lose (the cost header is removed from every answer).
+    ("metered-cost-header-grpc-status", mutate(METERED(), "routes.2.metered.cost_header", "Grpc-Status"), ENV,
+     "routes[2].metered.cost_header"),
+    ("metered-cost-header-framing", mutate(METERED(), "routes.2.metered.cost_header", "content-length"), ENV,
+     "routes[2].metered.cost_header"),
+    # One header, two values.
+    ("upstream-headers-same-name", mutate(full(), "upstream_headers.service", "x-token"), ENV,
+     "upstream_headers.service"),
 ]
 
 
