@@ -4,6 +4,7 @@
 use super::admission::{Admission, FLEET_CAS_ATTEMPTS};
 use super::host::{self, HostStore};
 use super::http::{key, Http, Waiting};
+use super::settlements::Charge;
 use crate::fleet::{self, SeenLedger, Swapped};
 use crate::gate::Refusal;
 use crate::lightning::NodeError;
@@ -26,17 +27,6 @@ pub(super) struct Meter {
     written: Option<SeenLedger>,
     /// How the upstream answered so far.
     answer: Answer,
-}
-
-/// A charge to apply to a balance in the fleet store, handed to the root context: the request's own
-/// context may end before etcd answers.
-#[derive(Debug, Clone)]
-pub struct Settlement {
-    pub token_id: [u8; 32],
-    pub reserved: u64,
-    pub cost: u64,
-    pub seen: SeenLedger,
-    pub attempt: u8,
 }
 
 /// The response's status; for gRPC, whose errors come as 200, a server error in `grpc-status`
@@ -69,11 +59,18 @@ impl Http {
         let token_id = &admission.identifier.token_id;
         let amount = terms.reserve_msat;
         if let Some(fleet) = &shared.config.fleet {
-            // The first attempt assumes the balance is new; etcd writes it only if it is.
-            let Some(held) = admission.bundle().reserve(amount) else {
-                return self.exhausted(admission, admission.bundle(), amount);
-            };
-            let request = fleet::put_ledger(&fleet::balance_key(&fleet.prefix, token_id), None, &held);
+            // The first attempt starts from the balance as this worker last saw it, or assumes it is
+            // new (etcd writes it only if it is); a wrong guess costs a round trip, never a count.
+            let last_seen = shared.ledgers.last_seen(token_id);
+            let (guess, held) =
+                match last_seen.as_ref().and_then(|seen| seen.ledger.reserve(amount).map(|held| (seen, held))) {
+                    Some((seen, held)) => (Some(seen), held),
+                    None => match admission.bundle().reserve(amount) {
+                        Some(held) => (None, held),
+                        None => return self.exhausted(admission, admission.bundle(), amount),
+                    },
+                };
+            let request = fleet::put_ledger(&fleet::balance_key(&fleet.prefix, token_id), guess, &held);
             let waiting = Waiting::Reservation { admission: admission.clone(), held, attempt: 1 };
             return self.call(&fleet.endpoint, &request, waiting);
         }
@@ -99,9 +96,15 @@ impl Http {
         let now = match answer {
             Ok(Swapped::Written { revision }) => {
                 let written = SeenLedger { ledger: held, mod_revision: revision };
+                shared.ledgers.remember(admission.identifier.token_id, written.clone());
                 return self.metered_pass(&admission, terms, held, Some(written));
             }
-            Ok(Swapped::Changed(now)) => now,
+            Ok(Swapped::Changed(now)) => {
+                if let Some(seen) = &now {
+                    shared.ledgers.remember(admission.identifier.token_id, seen.clone());
+                }
+                now
+            }
             Err(error) => return self.store_failure(&error, Some(&admission)),
         };
         let current = now.as_ref().map_or_else(|| admission.bundle(), |seen| seen.ledger);
@@ -205,9 +208,7 @@ impl Http {
             Some(seen) => {
                 let (after, charged) = seen.ledger.settle(meter.reserved, cost);
                 shared.service_counts.charged(&meter.service, charged);
-                let settlement =
-                    Settlement { token_id: meter.token_id, reserved: meter.reserved, cost, seen, attempt: 0 };
-                shared.settlements.borrow_mut().push(settlement);
+                shared.ledgers.hand_over(meter.token_id, Charge { reserved: meter.reserved, cost }, seen);
                 Some(after.balance_msat())
             }
             None => match store::settle(&HostStore, &key("balance", &meter.token_id), meter.reserved, cost) {
