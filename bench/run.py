@@ -475,6 +475,10 @@ def main() -> int:
         if want("x-headers-direct"):
             e = envoy("x-headers-direct", "direct", wasm_filter("empty", EMPTY_WASM, ":method,:path,authorization"))
             targets.append(Target("x-headers-direct", "(x) empty filter + 3 header reads", f"http://127.0.0.1:{e.listen}{PATH}", auth, 200, e, c))
+        if want("x-allheaders-direct"):
+            e = envoy("x-allheaders-direct", "direct", wasm_filter("empty", EMPTY_WASM, "*"))
+            targets.append(Target("x-allheaders-direct", "(x) empty filter + the whole header map in one call",
+                                  f"http://127.0.0.1:{e.listen}{PATH}", auth, 200, e, c))
         if want("x-nohandoff-direct"):
             no_handoff = {"strip_credential": False, "token_id": None, "service": None, "price_msat": None}
             e = envoy("x-nohandoff-direct", "direct",
@@ -658,6 +662,7 @@ def build_results(targets: list[Target], meta: dict[str, Any], args: argparse.Na
         "cpu_us c-b direct": diff("c-direct", "b-direct", "envoy_cpu_us_per_req"),
         "cpu_us d-a direct": diff("d-direct", "a-direct", "envoy_cpu_us_per_req"),
         "cpu_us x-headers - b direct": diff("x-headers-direct", "b-direct", "envoy_cpu_us_per_req"),
+        "cpu_us x-allheaders - b direct": diff("x-allheaders-direct", "b-direct", "envoy_cpu_us_per_req"),
         "cpu_us x-free - x-headers direct": diff("x-free-direct", "x-headers-direct", "envoy_cpu_us_per_req"),
         "cpu_us x-nohandoff - x-headers direct": diff("x-nohandoff-direct", "x-headers-direct", "envoy_cpu_us_per_req"),
         "cpu_us c - x-nohandoff direct": diff("c-direct", "x-nohandoff-direct", "envoy_cpu_us_per_req"),
