@@ -518,6 +518,12 @@ def main() -> int:
                       fill(template("cluster-lnd.yaml"), LND_PORT=nginx_port))
             targets.append(Target(f"e-fast-c{cc}", "(e) 402 path, instant node (nginx)",
                                   f"http://127.0.0.1:{e.listen}{PATH}", [], 402, e, cc))
+            # Envoy's own floor of that path: an empty filter that makes the same callout and sends a
+            # local 402 of the same size, with none of l402's work.
+            floor = envoy("x-callout-fast", "direct", wasm_filter("empty", EMPTY_WASM, "callout:lnd"),
+                          fill(template("cluster-lnd.yaml"), LND_PORT=nginx_port))
+            targets.append(Target(f"x-callout-fast-c{cc}", "(x) empty filter: the callout and a local 402 only",
+                                  f"http://127.0.0.1:{floor.listen}{PATH}", [], 402, floor, cc))
             targets.append(Target(f"f-fast-c{cc}", "(f) instant node POST /v1/invoices",
                                   f"http://127.0.0.1:{nginx_port}/v1/invoices", invoice_headers, 200, None, cc,
                                   invoice_env, probe=("POST", INVOICE_BODY)))
@@ -670,6 +676,10 @@ def build_results(targets: list[Target], meta: dict[str, Any], args: argparse.Na
         "g/b direct": ratio("g-direct", "b-direct"),
         "cpu_us g-b direct": diff("g-direct", "b-direct", "envoy_cpu_us_per_req"),
         "cpu_us g-c direct": diff("g-direct", "c-direct", "envoy_cpu_us_per_req"),
+        # The 402 path over Envoy's own floor for it (a callout and a local reply).
+        "cpu_us e-fast - x-callout": diff(f"e-fast-c{str(args.challenge_connections).split(',')[0]}",
+                                          f"x-callout-fast-c{str(args.challenge_connections).split(',')[0]}",
+                                          "envoy_cpu_us_per_req"),
         # A metered route's paid path beside the flat one: per gateway, and with etcd (1 connection).
         "cpu_us m-c direct": diff("m-direct", "c-direct", "envoy_cpu_us_per_req"),
         "cpu_us m-etcd - c, 1 connection": diff("m-etcd-direct", "c-direct-c1", "envoy_cpu_us_per_req"),

@@ -5,6 +5,10 @@
 //! separated (e.g. `:method,:path,authorization`): each request then reads those headers from the
 //! host and does nothing with them, which prices the host calls alone. `*` reads the whole header
 //! map in one call instead, the alternative to reading headers one by one.
+//!
+//! `callout:<cluster>` makes it the floor of the 402 path instead: each request dispatches one POST
+//! to the cluster and, on its answer, sends a local 402 of the size l402's carries, doing nothing
+//! else. What Envoy spends on a callout and a local reply, without any of l402's work.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -20,6 +24,10 @@ struct Root {
     headers: Rc<Vec<String>>,
 }
 
+/// The 402's size, roughly as l402 sends it: challenge headers of a macaroon and an invoice, and a
+/// JSON body with the invoice.
+const CHALLENGE: &str = include_str!("challenge.txt");
+
 impl Context for Root {}
 
 impl RootContext for Root {
@@ -31,7 +39,10 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Pass { headers: Rc::clone(&self.headers) }))
+        match self.headers.first().and_then(|first| first.strip_prefix("callout:")) {
+            Some(cluster) => Some(Box::new(Callout { cluster: cluster.to_owned() })),
+            None => Some(Box::new(Pass { headers: Rc::clone(&self.headers) })),
+        }
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -55,5 +66,28 @@ impl HttpContext for Pass {
             }
         }
         Action::Continue
+    }
+}
+
+struct Callout {
+    cluster: String,
+}
+
+impl Context for Callout {
+    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        let _ = std::hint::black_box(hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size));
+        let headers = vec![("www-authenticate", CHALLENGE), ("www-authenticate", CHALLENGE), ("content-type", "application/json")];
+        let _ = hostcalls::send_http_response(402, headers, Some(CHALLENGE.as_bytes()));
+    }
+}
+
+impl HttpContext for Callout {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let headers = vec![(":method", "POST"), (":path", "/v1/invoices"), (":authority", "lnd"), ("content-type", "application/json")];
+        let body = br#"{"value_msat":"10000","memo":"weather access","expiry":"600"}"#;
+        match hostcalls::dispatch_http_call(&self.cluster, headers, Some(body), vec![], std::time::Duration::from_secs(3)) {
+            Ok(_) => Action::Pause,
+            Err(_) => Action::Continue,
+        }
     }
 }
