@@ -479,6 +479,12 @@ def main() -> int:
             e = envoy("x-allheaders-direct", "direct", wasm_filter("empty", EMPTY_WASM, "*"))
             targets.append(Target("x-allheaders-direct", "(x) empty filter + the whole header map in one call",
                                   f"http://127.0.0.1:{e.listen}{PATH}", auth, 200, e, c))
+        for way in ("single", "map"):
+            if want(f"x-calls-{way}-direct"):
+                e = envoy(f"x-calls-{way}-direct", "direct", wasm_filter("empty", EMPTY_WASM, f"calls:{way}"))
+                what = "one header at a time (3 reads, 4 writes)" if way == "single" else "the whole map, read and written once"
+                targets.append(Target(f"x-calls-{way}-direct", f"(x) empty filter + the paid path's header work, {what}",
+                                      f"http://127.0.0.1:{e.listen}{PATH}", auth, 200, e, c))
         if want("x-nohandoff-direct"):
             no_handoff = {"strip_credential": False, "token_id": None, "service": None, "price_msat": None}
             e = envoy("x-nohandoff-direct", "direct",
@@ -669,6 +675,8 @@ def build_results(targets: list[Target], meta: dict[str, Any], args: argparse.Na
         "cpu_us d-a direct": diff("d-direct", "a-direct", "envoy_cpu_us_per_req"),
         "cpu_us x-headers - b direct": diff("x-headers-direct", "b-direct", "envoy_cpu_us_per_req"),
         "cpu_us x-allheaders - b direct": diff("x-allheaders-direct", "b-direct", "envoy_cpu_us_per_req"),
+        "cpu_us x-calls-single - b direct": diff("x-calls-single-direct", "b-direct", "envoy_cpu_us_per_req"),
+        "cpu_us x-calls-map - b direct": diff("x-calls-map-direct", "b-direct", "envoy_cpu_us_per_req"),
         "cpu_us x-free - x-headers direct": diff("x-free-direct", "x-headers-direct", "envoy_cpu_us_per_req"),
         "cpu_us x-nohandoff - x-headers direct": diff("x-nohandoff-direct", "x-headers-direct", "envoy_cpu_us_per_req"),
         "cpu_us c - x-nohandoff direct": diff("c-direct", "x-nohandoff-direct", "envoy_cpu_us_per_req"),

@@ -6,6 +6,10 @@
 //! host and does nothing with them, which prices the host calls alone. `*` reads the whole header
 //! map in one call instead, the alternative to reading headers one by one.
 //!
+//! `calls:single` and `calls:map` price two ways of making the paid path's header work, with none of
+//! its logic: the three reads (method, path, credential) then the hand-off (credential removed, three
+//! headers set) one header at a time, or the whole map read in one call and written back in one.
+//!
 //! `callout:<cluster>` makes it the floor of the 402 path instead: each request dispatches one POST
 //! to the cluster and, on its answer, sends a local 402 of the size l402's carries, doing nothing
 //! else. What Envoy spends on a callout and a local reply, without any of l402's work.
@@ -39,10 +43,14 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        match self.headers.first().and_then(|first| first.strip_prefix("callout:")) {
-            Some(cluster) => Some(Box::new(Callout { cluster: cluster.to_owned() })),
-            None => Some(Box::new(Pass { headers: Rc::clone(&self.headers) })),
+        let first = self.headers.first().map(String::as_str).unwrap_or_default();
+        if let Some(cluster) = first.strip_prefix("callout:") {
+            return Some(Box::new(Callout { cluster: cluster.to_owned() }));
         }
+        if let Some(way) = first.strip_prefix("calls:") {
+            return Some(Box::new(HandOff { whole_map: way == "map" }));
+        }
+        Some(Box::new(Pass { headers: Rc::clone(&self.headers) }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -89,5 +97,40 @@ impl HttpContext for Callout {
             Ok(_) => Action::Pause,
             Err(_) => Action::Continue,
         }
+    }
+}
+
+/// The paid path's header reads and hand-off, without its logic.
+struct HandOff {
+    whole_map: bool,
+}
+
+impl Context for HandOff {}
+
+const HANDED: [(&str, &str); 3] = [
+    ("x-l402-token-id", "0101010101010101010101010101010101010101010101010101010101010101"),
+    ("x-l402-service", "weather"),
+    ("x-l402-price-msat", "10000"),
+];
+
+impl HttpContext for HandOff {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let map = MapType::HttpRequestHeaders;
+        if self.whole_map {
+            let mut headers = hostcalls::get_map(map).unwrap_or_default();
+            headers.retain(|(name, _)| name != "authorization");
+            let mut pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            pairs.extend(HANDED);
+            let _ = hostcalls::set_map(map, pairs);
+        } else {
+            for name in [":method", ":path", "authorization"] {
+                let _ = std::hint::black_box(hostcalls::get_map_value(map, name));
+            }
+            let _ = hostcalls::remove_map_value(map, "authorization");
+            for (name, value) in HANDED {
+                let _ = hostcalls::set_map_value(map, name, Some(value));
+            }
+        }
+        Action::Continue
     }
 }
