@@ -45,6 +45,8 @@ pub enum Refusal {
         balance_msat: u64,
         reserve_msat: u64,
     },
+    /// This gateway keeps no balance for the metered token (sold elsewhere, or before a restart).
+    BalanceUnknown,
 }
 
 impl Refusal {
@@ -56,6 +58,7 @@ impl Refusal {
             Refusal::Unsettled => "unsettled",
             Refusal::Payment(e) => e.code(),
             Refusal::BalanceExhausted { .. } => "balance_exhausted",
+            Refusal::BalanceUnknown => "balance_unknown",
         }
     }
 }
@@ -71,6 +74,10 @@ impl fmt::Display for Refusal {
             Refusal::BalanceExhausted { balance_msat, reserve_msat } => write!(
                 f,
                 "the token's balance of {balance_msat} msat cannot cover the {reserve_msat} msat held per request: buy a new bundle"
+            ),
+            Refusal::BalanceUnknown => write!(
+                f,
+                "this gateway keeps no balance for the token (sold by another gateway, or before a restart): buy a new bundle"
             ),
         }
     }

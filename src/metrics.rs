@@ -63,6 +63,7 @@ counters! {
     CrossSiteRedemption => "l402_refused_cross_site",
     InsecureOriginRedemption => "l402_refused_insecure_origin",
     BalanceExhausted => "l402_refused_balance_exhausted",
+    BalanceUnknown => "l402_refused_balance_unknown",
 }
 
 /// Name of the callout latency histogram, in milliseconds.
@@ -77,6 +78,7 @@ impl Counter {
             Some(Refusal::Unsettled) => return Counter::Unsettled,
             Some(Refusal::Payment(e)) => return Counter::for_payment_error(e),
             Some(Refusal::BalanceExhausted { .. }) => return Counter::BalanceExhausted,
+            Some(Refusal::BalanceUnknown) => return Counter::BalanceUnknown,
             Some(Refusal::Token(e)) => e,
         };
         match token_error {

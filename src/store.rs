@@ -115,19 +115,26 @@ pub fn create_ledger(store: &dyn SharedStore, key: &str, ledger: Ledger) -> Resu
     store.set(key, &write_u64s([ledger.total_msat, ledger.spent_msat]), None)
 }
 
-/// Holds `amount` from the balance at `key` (created as `fresh` if absent): the ledger after it,
-/// or `Err` with the ledger as it is when the balance cannot cover it.
-pub fn reserve(
-    store: &dyn SharedStore,
-    key: &str,
-    fresh: Ledger,
-    amount: u64,
-) -> Result<Result<Ledger, Ledger>, StoreError> {
-    update::<2, Result<Ledger, Ledger>>(store, key, |stored| {
-        let ledger = stored.map_or(fresh, |[total_msat, spent_msat]| Ledger { total_msat, spent_msat });
+/// A reservation's outcome on a balance in shared data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// Held: the ledger after it.
+    Held(Ledger),
+    /// The balance cannot cover it: the ledger as it is.
+    Short(Ledger),
+    /// No balance is kept for the token here: it was sold by another gateway, or before this one
+    /// restarted, and what it spent is unknown. Never refilled from the bundle.
+    Unknown,
+}
+
+/// Holds `amount` from the balance at `key`, which the challenge created.
+pub fn reserve(store: &dyn SharedStore, key: &str, amount: u64) -> Result<Reservation, StoreError> {
+    update::<2, Reservation>(store, key, |stored| {
+        let Some([total_msat, spent_msat]) = stored else { return (None, Reservation::Unknown) };
+        let ledger = Ledger { total_msat, spent_msat };
         match ledger.reserve(amount) {
-            Some(held) => (Some([held.total_msat, held.spent_msat]), Ok(held)),
-            None => (None, Err(ledger)),
+            Some(held) => (Some([held.total_msat, held.spent_msat]), Reservation::Held(held)),
+            None => (None, Reservation::Short(ledger)),
         }
     })
 }
@@ -280,17 +287,17 @@ mod tests {
         let store = MemoryStore::default();
         create_ledger(&store, "b", Ledger::fresh(50)).unwrap();
         *store.conflicts.borrow_mut() = 2;
-        let held = reserve(&store, "b", Ledger::fresh(999), 20).unwrap().unwrap();
-        assert_eq!(held.balance_msat(), 30, "the created ledger counts, not the fallback");
-        assert_eq!(reserve(&store, "b", Ledger::fresh(999), 20).unwrap().unwrap().balance_msat(), 10);
-        assert_eq!(reserve(&store, "b", Ledger::fresh(999), 20), Ok(Err(Ledger { total_msat: 50, spent_msat: 40 })));
+        assert_eq!(reserve(&store, "b", 20), Ok(Reservation::Held(Ledger { total_msat: 50, spent_msat: 20 })));
+        assert_eq!(reserve(&store, "b", 20), Ok(Reservation::Held(Ledger { total_msat: 50, spent_msat: 40 })));
+        assert_eq!(reserve(&store, "b", 20), Ok(Reservation::Short(Ledger { total_msat: 50, spent_msat: 40 })));
         assert_eq!(settle(&store, "b", 20, 5), Ok((Ledger { total_msat: 50, spent_msat: 25 }, 5)));
         assert_eq!(
             settle(&store, "b", 20, 80),
             Ok((Ledger { total_msat: 50, spent_msat: 50 }, 45)),
             "capped at the balance"
         );
-        assert_eq!(reserve(&store, "absent", Ledger::fresh(30), 20).unwrap().unwrap().balance_msat(), 10);
+        assert_eq!(reserve(&store, "absent", 20), Ok(Reservation::Unknown), "never refilled from the bundle");
+        assert!(store.entries.borrow().get("absent").is_none());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::lightning::NodeError;
 use crate::meter::{is_grpc_server_error, Answer, Ledger, Metered, Reported};
 use crate::metrics::Counter;
 use crate::response::is_grpc;
-use crate::store;
+use crate::store::{self, Reservation};
 use proxy_wasm::types::{Action, LogLevel};
 use std::rc::Rc;
 
@@ -74,9 +74,10 @@ impl Http {
             let waiting = Waiting::Reservation { admission: admission.clone(), held, attempt: 1 };
             return self.call(&fleet.endpoint, &request, waiting);
         }
-        match store::reserve(&HostStore, &key("balance", token_id), admission.bundle(), amount) {
-            Ok(Ok(held)) => self.metered_pass(admission, terms, held, None),
-            Ok(Err(ledger)) => self.exhausted(admission, ledger, amount),
+        match store::reserve(&HostStore, &key("balance", token_id), amount) {
+            Ok(Reservation::Held(held)) => self.metered_pass(admission, terms, held, None),
+            Ok(Reservation::Short(ledger)) => self.exhausted(admission, ledger, amount),
+            Ok(Reservation::Unknown) => self.challenge(admission.service.clone(), Some(Refusal::BalanceUnknown)),
             Err(e) => self.store_failure(&e, Some(admission)),
         }
     }

@@ -6,12 +6,13 @@ The module runs in tests/e2e/wasm_host.py, a proxy-wasm host on Wasmtime that re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 
 import pytest
 
-from attacks import credential, py_mint
+from attacks import credential, identifier, py_mint
 from payment_support import credential as payment_credential
 from payment_support import mint_charge
 from wasm_host import Host
@@ -198,16 +199,21 @@ METERED_PAID = [READ] * 3 + [TIME] + SHARED + [REMOVE] + [SET] * 5 + [READ, REMO
 METERED_NO_COST = [READ] * 3 + [TIME] + SHARED + [REMOVE] + [SET] * 5 + [READ] * 5 + SHARED + [SET]
 
 
-def metered_credential() -> str:
+def metered_credential(h: Host) -> str:
+    """A bundle bought as a client buys one: the challenge creates its balance (under its token id)."""
+    before = set(h.shared)
+    h.request(BASE + [(":path", "/llm/chat")])
+    (key,) = [k for k in set(h.shared) - before if k.startswith("l402.balance.")]
     preimage = secrets.token_bytes(32)
-    mac, _ = py_mint(SECRET, ["services=llm:0"], preimage=preimage)
+    ident = identifier(hashlib.sha256(preimage).digest(), bytes.fromhex(key.rsplit(".", 1)[1]))
+    mac, _ = py_mint(SECRET, ["services=llm:0"], preimage=preimage, ident=ident)
     return credential(mac, preimage)
 
 
 def test_metered_paid_request(wasm):
     h = Host(str(wasm), json.dumps(METERED_CONFIG))
     h.request(BASE + [(":path", "/health")])
-    auth = metered_credential()
+    auth = metered_credential(h)
     request, calls = h.request(BASE + [(":path", "/llm/chat"), ("authorization", auth)],
                                response=[(":status", "200"), ("x-l402-cost-msat", "7000")])
     assert request.continued and not request.callouts
@@ -219,3 +225,8 @@ def test_metered_paid_request(wasm):
     request, calls = h.request(BASE + [(":path", "/llm/chat"), ("authorization", auth)])
     assert calls == METERED_NO_COST, calls
     assert dict(request.response_headers)["x-l402-balance-msat"] == "73000", "no cost: the reservation"
+    # A bundle this gateway never sold (or sold before it restarted) is never filled from nothing.
+    preimage = secrets.token_bytes(32)
+    unsold = credential(py_mint(SECRET, ["services=llm:0"], preimage=preimage)[0], preimage)
+    request, _ = h.request(BASE + [(":path", "/llm/chat"), ("authorization", unsold)])
+    assert not request.continued and len(request.callouts) == 1, "a fresh challenge, not a fresh balance"

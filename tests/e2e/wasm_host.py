@@ -69,6 +69,7 @@ class Host:
         self.now_ns = time.time_ns()
         self.current: Request | None = None
         self.call_response: tuple[list[tuple[str, str]], bytes] = ([], b"")
+        self.call_tokens = 0
         self.next_context = HTTP_ID
         self.instance = wasmtime.Instance(self.store, self.module, self._imports())
         self.exports = self.instance.exports(self.store)
@@ -224,7 +225,9 @@ class Host:
         self.current.callouts.append({"upstream": self.read(uptr, usize).decode(),
                                       "headers": decode_map(self.read(hptr, hsize)),
                                       "body": self.read(bptr, bsize)})
-        self.write_u32(token_ptr, len(self.current.callouts))
+        # Unique over the VM's life, as Envoy's are: the SDK refuses a token it still holds.
+        self.call_tokens += 1
+        self.write_u32(token_ptr, self.call_tokens)
         return OK
 
     def h_define_metric(self, kind: int, nptr: int, nsize: int, ret: int) -> int:
