@@ -302,9 +302,14 @@ pub fn decide_paid<'c>(
     if config.revoked.contains(&token.identifier.token_id) {
         return Decision::Challenge { service, refusal: Some(Refusal::Revoked) };
     }
-    // A dynamically priced token carries the price it was bought at.
+    // A dynamically priced token carries the price it was bought at. A metered token carries its
+    // bundle, and holders can only add caveats: the least of them and the route's price stands, so
+    // neither a caveat appended nor a later price change buys more than was paid.
     let price_msat = if service.dynamic_price {
         caveats::first_value(token.caveats(), &service.name, caveats::PRICE_SUFFIX).and_then(|v| v.parse().ok())
+    } else if service.metered.is_some() {
+        let minted = caveats::values(token.caveats(), &service.name, caveats::PRICE_SUFFIX);
+        minted.map(|v| v.parse::<u64>().unwrap_or(0)).chain(service.price_msat).min()
     } else {
         service.price_msat
     };

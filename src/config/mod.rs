@@ -653,21 +653,32 @@ impl RawConfig {
         }
         let pricing = self.pricing.map(RawPricing::validate).transpose()?;
         let fallback = pricing.as_ref().map(|p| p.on_error);
-        let mut prices: HashMap<String, (Option<u64>, usize)> = HashMap::new();
+        let mut prices: HashMap<String, (Option<u64>, bool, usize)> = HashMap::new();
         let schemes = self.schemes.map(|names| Schemes::parse(&names, "schemes")).transpose()?.unwrap_or_default();
         let mut routes = Vec::with_capacity(self.routes.len());
         for (index, raw) in self.routes.into_iter().enumerate() {
             let route = raw.validate(index, node.kind, fallback, schemes, self.dry_run)?;
             if let Access::Paid(service) = &route.access {
-                if let Some((price, first)) = prices.get(&service.name) {
+                let metered = service.metered.is_some();
+                if let Some((price, was_metered, first)) = prices.get(&service.name) {
                     if *price != service.price_msat {
                         return Err(ConfigError::new(
                             format!("routes[{index}].service"),
                             format!("service {} is priced differently in routes[{first}]", service.name),
                         ));
                     }
+                    // A bundle's token would open the unmetered route without drawing on it.
+                    if *was_metered != metered {
+                        return Err(ConfigError::new(
+                            format!("routes[{index}].metered"),
+                            format!(
+                                "service {} is metered in one of routes[{first}] and routes[{index}] only",
+                                service.name
+                            ),
+                        ));
+                    }
                 } else {
-                    prices.insert(service.name.clone(), (service.price_msat, index));
+                    prices.insert(service.name.clone(), (service.price_msat, metered, index));
                 }
             }
             routes.push(route);
@@ -1001,6 +1012,12 @@ mod tests {
         let mut dynamic = metered(json!({"dynamic_price": true}));
         dynamic["pricing"] = json!({"upstream": "pricer", "authority": "pricer:80", "path": "/price"});
         assert_eq!(error_field(&dynamic), "routes[1].dynamic_price");
+        let mut half = metered(json!({}));
+        half["routes"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"match": {"path_prefix": "/other/"}, "service": "llm", "price_sat": 100}));
+        assert_eq!(error_field(&half), "routes[2].metered", "a bundle would open the unmetered route");
         let mut free = base();
         free["routes"][0]["metered"] = json!({"reserve_msat": 1});
         assert_eq!(error_field(&free), "routes[0].free");

@@ -170,6 +170,10 @@ impl Http {
                 (None, _) => {}
             }
         }
+        if let Some(terms) = &admission.service.metered {
+            // An upstream that echoes request headers must never hand a client's cost back as its own.
+            self.remove_credential_header(&terms.cost_header);
+        }
     }
 
     /// nginx's proxy module forwards a removed request header all the same: there the credential

@@ -167,6 +167,9 @@ impl Http {
             // The price was quoted for this method and path: the token opens only those.
             constraints.push((format!("{}{PATH_SUFFIX}", service.name), path_only(&self.path).to_owned()));
             constraints.push((format!("{}{METHODS_SUFFIX}", service.name), self.method.clone()));
+        }
+        if service.dynamic_price || service.metered.is_some() {
+            // What was paid: a quoted price, or a metered token's bundle.
             constraints.push((format!("{}{PRICE_SUFFIX}", service.name), quote.price_msat.to_string()));
         }
         if let Some(prefix) = &service.restrict_path_prefix {

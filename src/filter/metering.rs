@@ -27,6 +27,8 @@ pub(super) struct Meter {
     written: Option<SeenLedger>,
     /// How the upstream answered so far.
     answer: Answer,
+    /// Charged: a cost the response reports later (an unannounced trailer) is only removed.
+    settled: bool,
 }
 
 /// The response's status; for gRPC, whose errors come as 200, a server error in `grpc-status`
@@ -136,6 +138,7 @@ impl Http {
             balance_msat: held.balance_msat(),
             written,
             answer: Answer::None,
+            settled: false,
         });
         self.pass(admission)
     }
@@ -171,19 +174,24 @@ impl Http {
         }
     }
 
-    /// The response's trailers: where a streaming upstream reports the cost.
+    /// The response's trailers: where a streaming upstream reports the cost. A cost trailer after the
+    /// answer was charged at its headers is removed all the same.
     pub(super) fn meter_response_trailers(&mut self) {
         let Some(meter) = self.meter.as_mut() else { return };
         let cost_trailer = meter.terms.cost_header.clone();
         let reported = Reported::read(host::response_trailer(&cost_trailer).as_deref());
+        if reported != Reported::Missing {
+            host::set_response_trailer(&cost_trailer, None);
+        }
+        if meter.settled {
+            return;
+        }
         if reported == Reported::Missing {
             // A gRPC call's outcome is in its trailers.
             let code = host::response_trailer("grpc-status").and_then(|code| code.parse().ok());
             if code.is_some_and(is_grpc_server_error) {
                 meter.answer = Answer::Status(500);
             }
-        } else {
-            host::set_response_trailer(&cost_trailer, None);
         }
         let balance = self.settle(reported);
         if let (Some(name), Some(balance)) = (&self.shared.config.upstream_headers.balance_msat, balance) {
@@ -194,18 +202,17 @@ impl Http {
     /// The request is over: a reservation never charged (no answer, or a stream that ended without
     /// its trailers) is charged by the rules for a missing cost.
     pub(super) fn meter_log(&mut self) {
-        if self.meter.is_some() {
-            self.settle(Reported::Missing);
-        }
+        self.settle(Reported::Missing);
     }
 
     /// Charges the request and releases the rest of its reservation; the balance left after it,
     /// where known (with `fleet`, as of this gateway's reservation).
     fn settle(&mut self, reported: Reported) -> Option<u64> {
-        let meter = self.meter.take()?;
+        let meter = self.meter.as_mut().filter(|meter| !meter.settled)?;
+        meter.settled = true;
         let cost = meter.terms.charge(meter.reserved, reported, meter.answer);
         let shared = Rc::clone(&self.shared);
-        match meter.written {
+        match meter.written.take() {
             Some(seen) => {
                 let (after, charged) = seen.ledger.settle(meter.reserved, cost);
                 shared.service_counts.charged(&meter.service, charged);

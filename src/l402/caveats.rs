@@ -92,13 +92,18 @@ fn parse_unix(value: &str) -> Result<u64, CaveatError> {
     value.parse().map_err(|_| CaveatError::Malformed)
 }
 
-/// The value of the first caveat `<service><suffix>`.
-pub fn first_value<'a>(caveats: &'a [String], service: &str, suffix: &str) -> Option<&'a str> {
+/// The values of the caveats `<service><suffix>`, in order.
+pub fn values<'a>(caveats: &'a [String], service: &'a str, suffix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
     caveats
         .iter()
         .filter_map(|c| split(c))
-        .find(|(key, _)| is_service_key(key, service, suffix))
+        .filter(move |(key, _)| is_service_key(key, service, suffix))
         .map(|(_, value)| value)
+}
+
+/// The value of the first caveat `<service><suffix>`.
+pub fn first_value<'a>(caveats: &'a [String], service: &'a str, suffix: &'a str) -> Option<&'a str> {
+    values(caveats, service, suffix).next()
 }
 
 /// Checks the caveats against a request; returns the token's effective expiry, if any.

@@ -192,11 +192,13 @@ METERED_CONFIG = {**CONFIG, "routes": [
 ]}
 SHARED = ["proxy_get_shared_data", "proxy_set_shared_data"]
 # The paid path's calls, the reservation (a read and a compare-and-swap of the balance in shared
-# data), and the reserved amount and the balance for the upstream; on the answer, the cost header
-# read and removed, the charge (a read and a compare-and-swap) and the client's balance set.
-METERED_PAID = [READ] * 3 + [TIME] + SHARED + [REMOVE] + [SET] * 5 + [READ, REMOVE] + SHARED + [SET]
+# data), the reserved amount and the balance for the upstream, and a client's copy of the cost header
+# removed (an upstream that echoes headers must not return it); on the answer, the cost header read
+# and removed, the charge (a read and a compare-and-swap) and the client's balance set.
+HANDED_METERED = [REMOVE] + [SET] * 5 + [REMOVE]
+METERED_PAID = [READ] * 3 + [TIME] + SHARED + HANDED_METERED + [READ, REMOVE] + SHARED + [SET]
 # No cost reported: the status (and gRPC's) decide, and whether trailers may bring the cost.
-METERED_NO_COST = [READ] * 3 + [TIME] + SHARED + [REMOVE] + [SET] * 5 + [READ] * 5 + SHARED + [SET]
+METERED_NO_COST = [READ] * 3 + [TIME] + SHARED + HANDED_METERED + [READ] * 5 + SHARED + [SET]
 
 
 def metered_credential(h: Host) -> str:

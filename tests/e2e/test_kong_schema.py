@@ -878,6 +878,10 @@ SCHEMA_CANNOT_CHECK = [
      "routes[2].metered.cost_header"),
     ("metered-cost-header-framing", mutate(METERED(), "routes.2.metered.cost_header", "content-length"), ENV,
      "routes[2].metered.cost_header"),
+    # One service metered on one route and not on another (its bundle would open the other).
+    ("service-metered-on-one-route-only",
+     mutate(METERED(), "routes.4", {"match": {"path": "/chat-plain"}, "service": "chat", "price_sat": 100}), ENV,
+     "routes[4].metered"),
     # One header, two values.
     ("upstream-headers-same-name", mutate(full(), "upstream_headers.service", "x-token"), ENV,
      "upstream_headers.service"),
