@@ -14,8 +14,9 @@ records of what they received are the ground truth for what passed.
 
 from __future__ import annotations
 
-import base64
+import hashlib
 import itertools
+import json
 import os
 import re
 import subprocess
@@ -27,7 +28,7 @@ import bolt11
 import grpc
 import pytest
 
-from attacks import b64, credential as py_credential, extend, field, mac_of, py_mint, raw_of, split
+from attacks import b64, credential as py_credential, extend, py_mint, raw_request, split
 from harness import Envoy, free_port, http
 from metered_support import (
     COST_HEADER, GRPC_METHOD, MSAT_PER_TOKEN, GrpcLlm, LlmUpstream, grpc_request, raw_get, wait_until,
@@ -583,7 +584,6 @@ def test_client_metering_headers_never_reach_the_upstream_nor_change_the_balance
     """A client's own reservation and balance headers are replaced by the gateway's (one copy each);
     a client's cost header charges nothing less: the upstream's report decides."""
     token = buy(gw)
-    from attacks import raw_request
     request_id = rid()
     status, hdrs, _ = raw_request(gw.port, "GET", f"/v1/chat/completions?id={request_id}&tokens=2500",
                                   [("Authorization", token), *FORGED_METERING])
@@ -639,7 +639,6 @@ def test_forged_top_ups_change_no_balance_and_never_reach_the_upstream(gw, up):
     other_secret = new_secret()
     victim_id = bytes.fromhex(token_id_of(token))
     _, raw, preimage = split(token)
-    import hashlib
     forged_same_id, _ = py_mint(other_secret, ["services=llm:0", "llm_price_msat=100000000"], preimage=preimage,
                                 ident=b"\0\0" + hashlib.sha256(preimage).digest() + victim_id)
     wrong_secret, wrong_pre = py_mint(other_secret, ["services=llm:0", "llm_price_msat=100000000"])
@@ -716,7 +715,6 @@ def _route(**changes: Any) -> Callable[[dict[str, Any]], None]:
 
 
 def json_copy(value: Any) -> Any:
-    import json
     return json.loads(json.dumps(value))
 
 

@@ -1,0 +1,192 @@
+"""Metered routes across a fleet: two real Envoys sharing a secret and a real etcd (test_fleet's
+Etcd), invoices from the real LNbits, one bundle drawn on both gateways at once. The balance lives
+in etcd (`<prefix>balance/<token id>`, `{"total_msat", "spent_msat"}`): a reservation made on one
+gateway is seen by the other, the sum charged equals the sum of the costs the upstream reported for
+the requests that passed, the balance never goes below zero, requests beyond it are refused with
+`balance_exhausted`, and `l402 balance show` / `l402 balance credit` read and top up the same
+record."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator
+from urllib.parse import urlencode
+
+import pytest
+
+from metered_support import COST_HEADER, LlmUpstream, wait_until
+from test_filter_support import Backend, Gateway, assert_challenge, cli, new_secret, token_id_of
+from test_fleet import Etcd, with_etcd_cluster
+
+PREFIX = "/l402-metered/"
+BUNDLE_MSAT = 200_000    # price_sat 200
+RESERVE = 20_000
+MAX_COST = 50_000
+BALANCE = "x-l402-balance-msat"
+RESERVED = "x-l402-reserved-msat"
+ROUTES = [
+    {"match": {"path_prefix": "/v1/chat"}, "service": "llm", "price_sat": 200, "lifetime_s": 3600,
+     "metered": {"reserve_msat": RESERVE, "max_cost_msat": MAX_COST}},
+]
+
+
+@pytest.fixture(scope="module")
+def fleet(lnbits, wasm) -> Iterator[dict[str, Any]]:
+    etcd = Etcd()
+    llm = LlmUpstream().start()
+    backend = Backend("lnbits", lnbits)
+    secret = new_secret()
+    settings = {"upstream": "etcd", "authority": f"127.0.0.1:{etcd.port}", "prefix": PREFIX,
+                "revocation_poll_s": 1}
+    gateways: list[Gateway] = []
+    try:
+        for _ in range(2):
+            gateways.append(Gateway(backend, llm.port, ROUTES, secrets=secret,
+                                    template_edit=with_etcd_cluster(etcd.port), fleet=settings))
+        yield {"etcd": etcd, "llm": llm, "gateways": gateways}
+    finally:
+        for g in gateways:
+            g.stop()
+        llm.stop()
+        etcd.stop()
+
+
+@pytest.fixture
+def up(fleet) -> LlmUpstream:
+    fleet["llm"].clear()
+    return fleet["llm"]
+
+
+def chat(gw: Gateway, token: str, request_id: str, **query: Any):
+    return gw.request(f"/v1/chat/completions?{urlencode({'id': request_id, **query})}", token)
+
+
+def ledger(fleet: dict[str, Any], token: str) -> dict[str, int] | None:
+    """The bundle's record in etcd."""
+    value = fleet["etcd"].get(f"{PREFIX}balance/{token_id_of(token)}")
+    return None if value is None else json.loads(value)
+
+
+def balance_show(fleet: dict[str, Any], token: str) -> dict[str, Any]:
+    r = cli("balance", "show", token_id_of(token), "--etcd", fleet["etcd"].url, "--prefix", PREFIX)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
+def settled_to(fleet: dict[str, Any], token: str, spent: int, timeout: float = 10.0) -> dict[str, int] | None:
+    """Poll etcd until the bundle's spent_msat is ``spent`` (settlements land shortly after the
+    answers); the last record read."""
+    last: dict[str, Any] = {}
+
+    def check() -> bool:
+        last["v"] = ledger(fleet, token)
+        return last["v"] is not None and last["v"].get("spent_msat") == spent
+
+    wait_until(check, timeout, step=0.05)
+    return last["v"]
+
+
+def test_a_reservation_on_one_gateway_is_seen_by_the_other(fleet, up):
+    """A request held upstream on A holds its 20000: B's request is told the balance without it;
+    released, each is charged its reported cost, on the etcd record."""
+    a, b = fleet["gateways"]
+    token = a.buy("/v1/chat/completions")
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(chat, a, token, "held", hold="A", tokens=500)
+        assert wait_until(lambda: up.held("A"), 10)
+        assert up.by_id("held").copies(BALANCE) == [str(BUNDLE_MSAT - RESERVE)]
+        r = chat(b, token, "on-b", tokens=700)
+        assert r.status == 200, (r.status, r.text)
+        assert up.by_id("on-b").copies(BALANCE) == [str(BUNDLE_MSAT - 2 * RESERVE)]
+        assert up.by_id("on-b").copies(RESERVED) == [str(RESERVE)]
+        assert int(r.headers[BALANCE]) == BUNDLE_MSAT - RESERVE - 7_000
+        assert COST_HEADER not in r.headers
+        up.release("A")
+        done = held.result(timeout=20)
+    # A settles after B did: it reports 188000, or 195000 if it counts from its own reservation while
+    # B's settlement is still on its way to etcd (settlements are asynchronous in a fleet).
+    assert done.status == 200 and BUNDLE_MSAT - 12_000 <= int(done.headers[BALANCE]) <= BUNDLE_MSAT - 5_000
+    record = settled_to(fleet, token, 12_000)
+    assert record == {"total_msat": BUNDLE_MSAT, "spent_msat": 12_000}, record
+
+
+def test_concurrent_requests_across_the_fleet_charge_exactly_the_reported_costs(fleet, up):
+    """16 threads, both gateways, costs of 1000-20000 (never above the reservation, so each is
+    charged exactly): spent_msat = the sum of the costs of the requests that passed, the balance is
+    never below zero, every request upstream carried the reservation, the rest got balance_exhausted."""
+    a, b = fleet["gateways"]
+    token = a.buy("/v1/chat/completions")
+    rng = random.Random(1402)
+    plan = [[(f"t{t}-{k}", rng.randrange(100, 2_001)) for k in range(6)] for t in range(16)]
+    answers: dict[str, Any] = {}
+    lock = threading.Lock()
+    barrier = threading.Barrier(16)
+
+    def worker(t: int) -> None:
+        gateway = (a, b)[t % 2]
+        barrier.wait(timeout=30)
+        for request_id, tokens in plan[t]:
+            r = chat(gateway, token, request_id, tokens=tokens)
+            with lock:
+                answers[request_id] = r
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(worker, range(16)))
+
+    costs = {rid_: tokens * 10 for row in plan for rid_, tokens in row}
+    passed = [i for i, r in answers.items() if r.status == 200]
+    refused = [i for i, r in answers.items() if r.status != 200]
+    seen = {s.id: s for s in up.requests()}
+    assert sorted(seen) == sorted(passed), "the upstream saw exactly the requests that passed"
+    assert passed and refused, (len(passed), len(refused))
+    for i in refused:
+        assert_challenge(answers[i], "balance_exhausted", "llm")
+        assert 0 <= int(answers[i].headers[BALANCE]) < RESERVE, answers[i].headers
+    for i in passed:
+        assert seen[i].copies(RESERVED) == [str(RESERVE)], seen[i].header_list
+        (after_reservation,) = seen[i].copies(BALANCE)
+        assert 0 <= int(after_reservation) <= BUNDLE_MSAT - RESERVE
+        assert 0 <= int(answers[i].headers[BALANCE]) < BUNDLE_MSAT
+        assert COST_HEADER not in answers[i].headers
+    charged = sum(costs[i] for i in passed)
+    assert charged <= BUNDLE_MSAT
+    record = settled_to(fleet, token, charged)
+    assert record == {"total_msat": BUNDLE_MSAT, "spent_msat": charged}, (record, charged)
+    shown = balance_show(fleet, token)
+    assert shown == {"token_id": token_id_of(token), "total_msat": BUNDLE_MSAT, "spent_msat": charged,
+                     "balance_msat": BUNDLE_MSAT - charged}, shown
+
+
+def test_balance_credit_lets_an_exhausted_bundle_pass_again(fleet, up):
+    a, b = fleet["gateways"]
+    token = b.buy("/v1/chat/completions")
+    spent = 0
+    for k in range(4):                          # 4 x 45000: 20000 left
+        r = chat((a, b)[k % 2], token, f"drain{k}", tokens=4_500)
+        assert r.status == 200, (r.status, r.text)
+        spent += 45_000
+    assert settled_to(fleet, token, spent) == {"total_msat": BUNDLE_MSAT, "spent_msat": spent}
+    assert chat(a, token, "last", tokens=2_000).status == 200     # exactly the reservation: 0 left
+    spent += 20_000
+    assert settled_to(fleet, token, spent) == {"total_msat": BUNDLE_MSAT, "spent_msat": BUNDLE_MSAT}
+    for gateway in (a, b):
+        r = chat(gateway, token, "refused", tokens=1)
+        assert_challenge(r, "balance_exhausted", "llm")
+        assert r.headers[BALANCE] == "0"
+    assert "refused" not in [s.id for s in up.requests()]
+
+    r = cli("balance", "credit", token_id_of(token), "30000", "--etcd", fleet["etcd"].url, "--prefix", PREFIX)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert balance_show(fleet, token)["balance_msat"] == 30_000
+    assert ledger(fleet, token) == {"total_msat": BUNDLE_MSAT + 30_000, "spent_msat": BUNDLE_MSAT}
+    r = chat(b, token, "credited", tokens=100)
+    assert r.status == 200, (r.status, r.text)
+    assert up.by_id("credited").copies(BALANCE) == ["10000"]
+    assert r.headers[BALANCE] == str(30_000 - 1_000)
+    assert settled_to(fleet, token, BUNDLE_MSAT + 1_000)["total_msat"] == BUNDLE_MSAT + 30_000
+    shown = balance_show(fleet, token)
+    assert shown["balance_msat"] == 29_000 and shown["spent_msat"] == BUNDLE_MSAT + 1_000, shown
+
