@@ -1,11 +1,12 @@
 //! State shared by a fleet of gateways, kept in etcd and reached through its v3 JSON gateway:
-//! use counts updated with compare-and-swap transactions, and a revocation list read periodically.
+//! use counts and balances updated with compare-and-swap transactions, and a revocation list read periodically.
 //! Pure: requests as data, answers parsed. Keys and values travel base64-encoded, as the gateway
 //! requires; 64-bit numbers arrive as strings (proto3 JSON).
 
 use crate::callout::{check_answer, check_status, parse_json, Callout};
 use crate::l402::encoding::{base64_decode, base64_encode, hex_decode_array, hex_encode};
 use crate::lightning::NodeError;
+use crate::meter::Ledger;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashSet;
@@ -21,6 +22,10 @@ pub fn revoked_prefix(prefix: &str) -> String {
     format!("{prefix}revoked/")
 }
 
+pub fn balance_key(prefix: &str, token_id: &[u8; 32]) -> String {
+    format!("{prefix}balance/{}", hex_encode(token_id))
+}
+
 /// What the counter looked like when last read: `None` before it exists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seen {
@@ -31,33 +36,71 @@ pub struct Seen {
 /// One compare-and-swap step on a use counter: if it is still as `seen`, write `next` (one more
 /// use, or every use of the purchase at once); otherwise read it back.
 pub fn count_use(key: &str, seen: Option<&Seen>, next: u64) -> Callout {
+    swap(key, seen.map(|s| s.mod_revision.as_str()), next.to_string().as_bytes())
+}
+
+/// A token's balance as last read from etcd, with the revision to compare against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenLedger {
+    pub ledger: Ledger,
+    pub mod_revision: String,
+}
+
+/// One compare-and-swap step on a balance: if it is still as `seen` (absent: `None`), write
+/// `ledger`; otherwise read it back.
+pub fn put_ledger(key: &str, seen: Option<&SeenLedger>, ledger: &Ledger) -> Callout {
+    let value = json!({ "total_msat": ledger.total_msat, "spent_msat": ledger.spent_msat });
+    swap(key, seen.map(|s| s.mod_revision.as_str()), value.to_string().as_bytes())
+}
+
+/// A read of a balance, as a transaction that never writes: its answer is read like a lost swap.
+pub fn read_ledger(key: &str) -> Callout {
     let key64 = base64_encode(key.as_bytes());
-    let compare = match seen {
+    let txn = json!({
+        "compare": [{ "key": key64, "result": "LESS", "target": "VERSION", "version": "0" }],
+        "failure": [{ "request_range": { "key": key64 } }],
+    });
+    Callout::post_json("/v3/kv/txn", None, &txn)
+}
+
+/// A transaction that writes `value` at `key` if its modification revision is still `revision`, or
+/// if the key is absent when `revision` is `None`; otherwise it reads the key.
+fn swap(key: &str, revision: Option<&str>, value: &[u8]) -> Callout {
+    let key64 = base64_encode(key.as_bytes());
+    let compare = match revision {
         None => json!({ "key": key64, "result": "EQUAL", "target": "VERSION", "version": "0" }),
-        Some(s) => json!({ "key": key64, "result": "EQUAL", "target": "MOD", "mod_revision": s.mod_revision }),
+        Some(revision) => json!({ "key": key64, "result": "EQUAL", "target": "MOD", "mod_revision": revision }),
     };
     let txn = json!({
         "compare": [compare],
-        "success": [{ "request_put": { "key": key64, "value": base64_encode(next.to_string().as_bytes()) } }],
+        "success": [{ "request_put": { "key": key64, "value": base64_encode(value) } }],
         "failure": [{ "request_range": { "key": key64 } }],
     });
     Callout::post_json("/v3/kv/txn", None, &txn)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TxnOutcome {
-    /// The write went through.
-    Counted,
+pub enum Swapped<T> {
+    /// The write went through, as the key's modification revision `revision`.
+    Written { revision: String },
     /// Someone else wrote first; this is what is there now.
-    Changed(Seen),
+    Changed(T),
 }
 
 #[derive(Deserialize)]
 struct TxnResponse {
     #[serde(default)]
+    header: TxnHeader,
+    #[serde(default)]
     succeeded: bool,
     #[serde(default)]
     responses: Vec<ResponseOp>,
+}
+
+#[derive(Deserialize, Default)]
+struct TxnHeader {
+    #[serde(default)]
+    revision: String,
 }
 
 #[derive(Deserialize)]
@@ -80,31 +123,59 @@ struct KeyValue {
     mod_revision: String,
 }
 
-pub fn parse_count(status: Option<u32>, body: &[u8]) -> Result<TxnOutcome, NodeError> {
+/// A key's value and modification revision, as a lost swap read them (`None`: absent).
+type Stored = Option<(Vec<u8>, String)>;
+
+/// A swap's answer: written, or what the key holds now.
+fn parse_swap(status: Option<u32>, body: &[u8]) -> Result<Swapped<Stored>, NodeError> {
     check_answer(status, body)?;
     let answer: TxnResponse = parse_json(body)?;
     if answer.succeeded {
-        return Ok(TxnOutcome::Counted);
+        return Ok(Swapped::Written { revision: answer.header.revision });
     }
-    let kv = answer
-        .responses
-        .into_iter()
-        .find_map(|op| op.response_range)
-        .and_then(|range| range.kvs.into_iter().next())
-        // Deleted between the compare and the read: start again from nothing.
-        .map_or_else(|| Ok(None), |kv| Some(read_count(&kv)).transpose())?;
-    Ok(TxnOutcome::Changed(kv.unwrap_or(Seen { count: 0, mod_revision: "0".to_owned() })))
-}
-
-fn read_count(kv: &KeyValue) -> Result<Seen, NodeError> {
-    let count = base64_decode(&kv.value)
-        .and_then(|v| String::from_utf8(v).ok())
-        .and_then(|v| v.parse().ok())
-        .ok_or(NodeError::BadResponse("use counter is not a number"))?;
+    let Some(kv) = answer.responses.into_iter().find_map(|op| op.response_range).and_then(|r| r.kvs.into_iter().next())
+    else {
+        return Ok(Swapped::Changed(None));
+    };
+    let value = base64_decode(&kv.value).ok_or(NodeError::BadResponse("value is not base64"))?;
     if kv.mod_revision.is_empty() || !kv.mod_revision.bytes().all(|b| b.is_ascii_digit()) {
         return Err(NodeError::BadResponse("mod_revision is not a number"));
     }
-    Ok(Seen { count, mod_revision: kv.mod_revision.clone() })
+    Ok(Swapped::Changed(Some((value, kv.mod_revision))))
+}
+
+pub fn parse_count(status: Option<u32>, body: &[u8]) -> Result<Swapped<Seen>, NodeError> {
+    Ok(match parse_swap(status, body)? {
+        Swapped::Written { revision } => Swapped::Written { revision },
+        // Deleted between the compare and the read: start again from nothing.
+        Swapped::Changed(None) => Swapped::Changed(Seen { count: 0, mod_revision: "0".to_owned() }),
+        Swapped::Changed(Some((value, mod_revision))) => {
+            let count = String::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .ok_or(NodeError::BadResponse("use counter is not a number"))?;
+            Swapped::Changed(Seen { count, mod_revision })
+        }
+    })
+}
+
+/// A balance swap's (or read's) answer; `Changed(None)`: no balance is stored.
+pub fn parse_ledger(status: Option<u32>, body: &[u8]) -> Result<Swapped<Option<SeenLedger>>, NodeError> {
+    Ok(match parse_swap(status, body)? {
+        Swapped::Written { revision } => Swapped::Written { revision },
+        Swapped::Changed(None) => Swapped::Changed(None),
+        Swapped::Changed(Some((value, mod_revision))) => {
+            let ledger = read_ledger_value(&value).ok_or(NodeError::BadResponse("balance is not a ledger"))?;
+            Swapped::Changed(Some(SeenLedger { ledger, mod_revision }))
+        }
+    })
+}
+
+/// A balance as stored: `{"total_msat": N, "spent_msat": M}`.
+fn read_ledger_value(value: &[u8]) -> Option<Ledger> {
+    let value: serde_json::Value = serde_json::from_slice(value).ok()?;
+    let amount = |name: &str| value.get(name).and_then(serde_json::Value::as_u64);
+    Some(Ledger { total_msat: amount("total_msat")?, spent_msat: amount("spent_msat")? })
 }
 
 /// Every key under the revocation prefix (keys only).
@@ -141,7 +212,7 @@ pub fn parse_revoked(prefix: &str, status: Option<u32>, body: &[u8]) -> Result<H
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
+    use serde_json::{json, Value};
 
     fn body(c: &Callout) -> Value {
         serde_json::from_slice(&c.body).unwrap()
@@ -162,8 +233,11 @@ mod tests {
     #[test]
     fn reads_transaction_answers() {
         assert_eq!(
-            parse_count(Some(200), br#"{"header":{},"succeeded":true,"responses":[{"response_put":{}}]}"#),
-            Ok(TxnOutcome::Counted)
+            parse_count(
+                Some(200),
+                br#"{"header":{"revision":"9"},"succeeded":true,"responses":[{"response_put":{}}]}"#
+            ),
+            Ok(Swapped::Written { revision: "9".into() })
         );
         let current = format!(
             r#"{{"header":{{}},"responses":[{{"response_range":{{"kvs":[{{"key":"eA==","value":"{}","mod_revision":"42","version":"3"}}],"count":"1"}}}}]}}"#,
@@ -171,16 +245,54 @@ mod tests {
         );
         assert_eq!(
             parse_count(Some(200), current.as_bytes()),
-            Ok(TxnOutcome::Changed(Seen { count: 3, mod_revision: "42".into() }))
+            Ok(Swapped::Changed(Seen { count: 3, mod_revision: "42".into() }))
         );
         let gone = br#"{"responses":[{"response_range":{}}]}"#;
-        assert_eq!(parse_count(Some(200), gone), Ok(TxnOutcome::Changed(Seen { count: 0, mod_revision: "0".into() })));
+        assert_eq!(parse_count(Some(200), gone), Ok(Swapped::Changed(Seen { count: 0, mod_revision: "0".into() })));
         assert_eq!(parse_count(None, b""), Err(NodeError::Unreachable));
         assert!(parse_count(
             Some(200),
             br#"{"responses":[{"response_range":{"kvs":[{"key":"eA==","value":"eA==","mod_revision":"1"}]}}]}"#
         )
         .is_err());
+    }
+
+    #[test]
+    fn balances_are_created_where_absent_and_swapped_by_revision() {
+        let key = balance_key("/l402/", &[2; 32]);
+        assert!(key.starts_with("/l402/balance/0202"));
+        let ledger = Ledger { total_msat: 100_000, spent_msat: 20_000 };
+        let create = body(&put_ledger(&key, None, &ledger));
+        assert_eq!(create["compare"][0]["target"], "VERSION");
+        let written = base64_decode(create["success"][0]["request_put"]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&written).unwrap(),
+            json!({"total_msat": 100000, "spent_msat": 20000})
+        );
+        let seen = SeenLedger { ledger, mod_revision: "31".into() };
+        assert_eq!(body(&put_ledger(&key, Some(&seen), &ledger))["compare"][0]["mod_revision"], "31");
+        assert!(body(&read_ledger(&key))["success"].is_null(), "a read never writes");
+
+        let ok = br#"{"header":{"revision":"32"},"succeeded":true}"#;
+        assert_eq!(parse_ledger(Some(200), ok), Ok(Swapped::Written { revision: "32".into() }));
+        let current = format!(
+            r#"{{"responses":[{{"response_range":{{"kvs":[{{"key":"eA==","value":"{}","mod_revision":"40"}}]}}}}]}}"#,
+            base64_encode(br#"{"total_msat":5,"spent_msat":2}"#)
+        );
+        assert_eq!(
+            parse_ledger(Some(200), current.as_bytes()),
+            Ok(Swapped::Changed(Some(SeenLedger {
+                ledger: Ledger { total_msat: 5, spent_msat: 2 },
+                mod_revision: "40".into()
+            })))
+        );
+        assert_eq!(parse_ledger(Some(200), br#"{"responses":[{"response_range":{}}]}"#), Ok(Swapped::Changed(None)));
+        let garbage = format!(
+            r#"{{"responses":[{{"response_range":{{"kvs":[{{"key":"eA==","value":"{}","mod_revision":"4"}}]}}}}]}}"#,
+            base64_encode(b"12")
+        );
+        assert!(parse_ledger(Some(200), garbage.as_bytes()).is_err());
+        assert_eq!(parse_ledger(Some(503), b""), Err(NodeError::Unreachable));
     }
 
     #[test]

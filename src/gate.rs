@@ -40,6 +40,11 @@ pub enum Refusal {
     Unsettled,
     /// A Payment-scheme credential that does not open the route.
     Payment(PaymentError),
+    /// A metered token's balance cannot cover the route's reservation.
+    BalanceExhausted {
+        balance_msat: u64,
+        reserve_msat: u64,
+    },
 }
 
 impl Refusal {
@@ -50,6 +55,7 @@ impl Refusal {
             Refusal::UsedUp => "used_up",
             Refusal::Unsettled => "unsettled",
             Refusal::Payment(e) => e.code(),
+            Refusal::BalanceExhausted { .. } => "balance_exhausted",
         }
     }
 }
@@ -62,6 +68,10 @@ impl fmt::Display for Refusal {
             Refusal::UsedUp => write!(f, "token has been used as many times as it allows"),
             Refusal::Unsettled => write!(f, "the token's invoice is not paid"),
             Refusal::Payment(e) => e.fmt(f),
+            Refusal::BalanceExhausted { balance_msat, reserve_msat } => write!(
+                f,
+                "the token's balance of {balance_msat} msat cannot cover the {reserve_msat} msat held per request: buy a new bundle"
+            ),
         }
     }
 }

@@ -62,6 +62,7 @@ counters! {
     CookiesIssued => "l402_browser_cookies_issued",
     CrossSiteRedemption => "l402_refused_cross_site",
     InsecureOriginRedemption => "l402_refused_insecure_origin",
+    BalanceExhausted => "l402_refused_balance_exhausted",
 }
 
 /// Name of the callout latency histogram, in milliseconds.
@@ -75,6 +76,7 @@ impl Counter {
             Some(Refusal::UsedUp) => return Counter::UsedUp,
             Some(Refusal::Unsettled) => return Counter::Unsettled,
             Some(Refusal::Payment(e)) => return Counter::for_payment_error(e),
+            Some(Refusal::BalanceExhausted { .. }) => return Counter::BalanceExhausted,
             Some(Refusal::Token(e)) => e,
         };
         match token_error {
@@ -179,10 +181,19 @@ impl ServiceCounts {
 
     /// A paid request; a few services, so a scan beats hashing the name.
     pub fn paid(&self, service: &str, price_msat: Option<u64>) {
+        self.add(service, 1, price_msat.unwrap_or(0));
+    }
+
+    /// What a metered request was charged, once the upstream reported it.
+    pub fn charged(&self, service: &str, msat: u64) {
+        self.add(service, 0, msat);
+    }
+
+    fn add(&self, service: &str, requests_by: u64, msat_by: u64) {
         let Some(at) = self.names.iter().position(|name| name == service) else { return };
         if let Some((requests, msat)) = self.cells.get(at) {
-            requests.set(requests.get().saturating_add(1));
-            msat.set(msat.get().saturating_add(price_msat.unwrap_or(0)));
+            requests.set(requests.get().saturating_add(requests_by));
+            msat.set(msat.get().saturating_add(msat_by));
         }
     }
 
@@ -190,7 +201,7 @@ impl ServiceCounts {
     pub fn drain(&self) -> impl Iterator<Item = (usize, u64, u64)> + '_ {
         self.cells.iter().enumerate().filter_map(|(at, (requests, msat))| {
             let (requests, msat) = (requests.take(), msat.take());
-            (requests > 0).then_some((at, requests, msat))
+            (requests > 0 || msat > 0).then_some((at, requests, msat))
         })
     }
 }

@@ -94,7 +94,7 @@ pub fn payment_required(config: &Config, offer: &Offer<'_>, refusal: Option<&Ref
         Some(r) => (r.code(), r.to_string()),
         None => ("payment_required", "pay the invoice and retry with the L402 credential".to_owned()),
     };
-    let body = json!({
+    let mut body = json!({
         "error": "payment_required",
         "reason": reason,
         "detail": detail,
@@ -104,6 +104,13 @@ pub fn payment_required(config: &Config, offer: &Offer<'_>, refusal: Option<&Ref
         "invoice": invoice,
         "invoice_expires_in_s": expiry_s,
     });
+    if let (Some(Refusal::BalanceExhausted { balance_msat, reserve_msat }), Some(fields)) =
+        (refusal, body.as_object_mut())
+    {
+        // What is left on the old token, for a client deciding on a new bundle.
+        fields.insert("balance_msat".to_owned(), json!(balance_msat));
+        fields.insert("reserve_msat".to_owned(), json!(reserve_msat));
+    }
     json_response(challenge_status(config, offer, refusal), body, headers, grpc)
 }
 

@@ -2,6 +2,7 @@
 //! which every worker of one gateway sees. Updates are compare-and-swap loops, so concurrent
 //! workers never lose a count.
 
+use crate::meter::Ledger;
 use core::fmt;
 
 /// The host's shared data: values with a version for compare-and-swap.
@@ -107,6 +108,38 @@ pub fn take_one(store: &dyn SharedStore, key: &str, limit: u64) -> Result<bool, 
 /// the challenge is issued, the counter is only ever compare-and-swapped on redemption.
 pub fn create_counter(store: &dyn SharedStore, key: &str) -> Result<(), StoreError> {
     store.set(key, &write_u64s([0]), None)
+}
+
+/// Creates a token's balance before its first use, as [`create_counter`] does for use counts.
+pub fn create_ledger(store: &dyn SharedStore, key: &str, ledger: Ledger) -> Result<(), StoreError> {
+    store.set(key, &write_u64s([ledger.total_msat, ledger.spent_msat]), None)
+}
+
+/// Holds `amount` from the balance at `key` (created as `fresh` if absent): the ledger after it,
+/// or `Err` with the ledger as it is when the balance cannot cover it.
+pub fn reserve(
+    store: &dyn SharedStore,
+    key: &str,
+    fresh: Ledger,
+    amount: u64,
+) -> Result<Result<Ledger, Ledger>, StoreError> {
+    update::<2, Result<Ledger, Ledger>>(store, key, |stored| {
+        let ledger = stored.map_or(fresh, |[total_msat, spent_msat]| Ledger { total_msat, spent_msat });
+        match ledger.reserve(amount) {
+            Some(held) => (Some([held.total_msat, held.spent_msat]), Ok(held)),
+            None => (None, Err(ledger)),
+        }
+    })
+}
+
+/// Charges `cost` against a reservation of `reserved` at `key` (see [`Ledger::settle`]): the ledger
+/// after it and what was charged.
+pub fn settle(store: &dyn SharedStore, key: &str, reserved: u64, cost: u64) -> Result<(Ledger, u64), StoreError> {
+    update::<2, (Ledger, u64)>(store, key, |stored| {
+        let [total_msat, spent_msat] = stored.unwrap_or_default();
+        let (after, charged) = Ledger { total_msat, spent_msat }.settle(reserved, cost);
+        (Some([after.total_msat, after.spent_msat]), (after, charged))
+    })
 }
 
 /// A token bucket of `burst` tokens refilled at `per_minute`; takes one token or tells how many
@@ -240,6 +273,24 @@ mod tests {
         assert_eq!(store.set("c", &write_u64s([1]), seen), Ok(()));
         assert_eq!(store.set("c", &write_u64s([1]), seen), Err(StoreError::CasMismatch));
         assert_eq!(take_one(&store, "c", 1), Ok(false));
+    }
+
+    #[test]
+    fn balances_hold_reservations_and_settle_through_conflicts() {
+        let store = MemoryStore::default();
+        create_ledger(&store, "b", Ledger::fresh(50)).unwrap();
+        *store.conflicts.borrow_mut() = 2;
+        let held = reserve(&store, "b", Ledger::fresh(999), 20).unwrap().unwrap();
+        assert_eq!(held.balance_msat(), 30, "the created ledger counts, not the fallback");
+        assert_eq!(reserve(&store, "b", Ledger::fresh(999), 20).unwrap().unwrap().balance_msat(), 10);
+        assert_eq!(reserve(&store, "b", Ledger::fresh(999), 20), Ok(Err(Ledger { total_msat: 50, spent_msat: 40 })));
+        assert_eq!(settle(&store, "b", 20, 5), Ok((Ledger { total_msat: 50, spent_msat: 25 }, 5)));
+        assert_eq!(
+            settle(&store, "b", 20, 80),
+            Ok((Ledger { total_msat: 50, spent_msat: 50 }, 45)),
+            "capped at the balance"
+        );
+        assert_eq!(reserve(&store, "absent", Ledger::fresh(30), 20).unwrap().unwrap().balance_msat(), 10);
     }
 
     #[test]

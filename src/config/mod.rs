@@ -290,6 +290,8 @@ struct RawUpstreamHeaders {
     token_id: Option<String>,
     service: Option<String>,
     price_msat: Option<String>,
+    reserved_msat: Option<String>,
+    balance_msat: Option<String>,
 }
 
 impl Default for RawUpstreamHeaders {
@@ -299,6 +301,8 @@ impl Default for RawUpstreamHeaders {
             token_id: Some("x-l402-token-id".to_owned()),
             service: Some("x-l402-service".to_owned()),
             price_msat: Some("x-l402-price-msat".to_owned()),
+            reserved_msat: Some("x-l402-reserved-msat".to_owned()),
+            balance_msat: Some("x-l402-balance-msat".to_owned()),
         }
     }
 }
@@ -310,11 +314,18 @@ pub struct UpstreamHeaders {
     pub token_id: Option<String>,
     pub service: Option<String>,
     pub price_msat: Option<String>,
+    /// On metered routes: the amount held for the request, and the balance left beside it. The
+    /// balance header also tells the client its balance after the charge.
+    pub reserved_msat: Option<String>,
+    pub balance_msat: Option<String>,
 }
 
 impl UpstreamHeaders {
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        [&self.token_id, &self.service, &self.price_msat].into_iter().flatten().map(String::as_str)
+        [&self.token_id, &self.service, &self.price_msat, &self.reserved_msat, &self.balance_msat]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
     }
 }
 
@@ -488,6 +499,9 @@ impl Config {
             if service.schemes.payment && service.uses.is_none() && self.fleet.is_none() {
                 fields.push(format!("routes[{i}].schemes"));
             }
+            if service.metered.is_some() && self.fleet.is_none() {
+                fields.push(format!("routes[{i}].metered"));
+            }
             if service.freebies.is_some() {
                 fields.push(format!("routes[{i}].freebies"));
             }
@@ -559,6 +573,11 @@ fn secret_ring(hex_secrets: Vec<String>) -> Result<SecretRing, ConfigError> {
     SecretRing::new(secrets).map_err(|e| ConfigError::new("secrets", e.to_string()))
 }
 
+/// A header name as configured: letters, digits and dashes.
+pub(crate) fn is_header_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 pub(crate) fn is_token_text(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
 }
@@ -567,12 +586,10 @@ impl RawUpstreamHeaders {
     fn validate(self) -> Result<UpstreamHeaders, ConfigError> {
         let check = |name: Option<String>, field: &str| -> Result<Option<String>, ConfigError> {
             match name {
-                Some(n) if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
-                    Err(ConfigError::new(
-                        format!("upstream_headers.{field}"),
-                        "must be a header name (A-Z a-z 0-9 -) or null",
-                    ))
-                }
+                Some(n) if !is_header_name(&n) => Err(ConfigError::new(
+                    format!("upstream_headers.{field}"),
+                    "must be a header name (A-Z a-z 0-9 -) or null",
+                )),
                 Some(n) if RESERVED_HEADERS.contains(&n.to_ascii_lowercase().as_str()) => {
                     Err(ConfigError::new(format!("upstream_headers.{field}"), "must not be a credential header"))
                 }
@@ -584,6 +601,8 @@ impl RawUpstreamHeaders {
             token_id: check(self.token_id, "token_id")?,
             service: check(self.service, "service")?,
             price_msat: check(self.price_msat, "price_msat")?,
+            reserved_msat: check(self.reserved_msat, "reserved_msat")?,
+            balance_msat: check(self.balance_msat, "balance_msat")?,
         })
     }
 }
@@ -661,7 +680,21 @@ impl RawConfig {
         if self.client_network.ipv6_prefix > 128 {
             return Err(ConfigError::new("client_network.ipv6_prefix", "must be 0-128"));
         }
-        let upstream_headers = self.upstream_headers.validate()?;
+        let mut upstream_headers = self.upstream_headers.validate()?;
+        if !routes.iter().any(|r| matches!(&r.access, Access::Paid(service) if service.metered.is_some())) {
+            // Without metered routes the filter never sets these: it need not guard them either.
+            upstream_headers.reserved_msat = None;
+            upstream_headers.balance_msat = None;
+        }
+        for (index, route) in routes.iter().enumerate() {
+            let Access::Paid(Service { metered: Some(metered), .. }) = &route.access else { continue };
+            if upstream_headers.names().any(|name| name == metered.cost_header) {
+                return Err(ConfigError::new(
+                    format!("routes[{index}].metered.cost_header"),
+                    "must differ from the upstream_headers the filter sets",
+                ));
+            }
+        }
         if !matches!(self.challenge.invalid_credential_status, 401 | 402) {
             return Err(ConfigError::new("challenge.invalid_credential_status", "must be 402 or 401"));
         }
@@ -901,5 +934,60 @@ mod tests {
         lnbits_msat["node"]["kind"] = json!("lnbits");
         lnbits_msat["routes"][1] = json!({"match": {}, "service": "s", "price_msat": 1500});
         assert_eq!(error_field(&lnbits_msat), "routes[1].price_msat");
+    }
+
+    #[test]
+    fn metered_routes_sell_a_bundle_and_are_refused_where_it_cannot_hold() {
+        let metered = |extra: Value| {
+            let mut v = base();
+            let mut route = json!({"match": {"path_prefix": "/llm/"}, "service": "llm", "price_sat": 100,
+                                   "metered": {"reserve_msat": 20000}});
+            for (k, val) in extra.as_object().unwrap() {
+                if k == "metered" {
+                    for (mk, mv) in val.as_object().unwrap() {
+                        route["metered"][mk] = mv.clone();
+                    }
+                } else {
+                    route[k] = val.clone();
+                }
+            }
+            v["routes"][1] = route;
+            v
+        };
+        let c = parse(&metered(json!({}))).unwrap();
+        let Access::Paid(service) = &c.routes[1].access else { panic!("paid") };
+        let terms = service.metered.as_deref().unwrap();
+        assert_eq!(
+            (terms.reserve_msat, terms.max_cost_msat, terms.cost_header.as_str()),
+            (20000, 20000, "x-l402-cost-msat")
+        );
+        assert_eq!(c.upstream_headers.reserved_msat.as_deref(), Some("x-l402-reserved-msat"));
+        assert_eq!(c.shared_data_fields(), ["routes[1].metered"]);
+        let custom = parse(&metered(json!({"metered": {"max_cost_msat": 90000, "cost_header": "X-Usage"}}))).unwrap();
+        let Access::Paid(service) = &custom.routes[1].access else { panic!("paid") };
+        assert_eq!(
+            service.metered.as_deref().map(|m| (m.max_cost_msat, m.cost_header.as_str())),
+            Some((90000, "x-usage"))
+        );
+        assert_eq!(parse(&base()).unwrap().upstream_headers.balance_msat, None, "no metered route, no balance header");
+
+        for (extra, field) in [
+            (json!({"metered": {"reserve_msat": 0}}), "routes[1].metered.reserve_msat"),
+            (json!({"metered": {"reserve_msat": 100001}}), "routes[1].metered.reserve_msat"),
+            (json!({"metered": {"max_cost_msat": 19999}}), "routes[1].metered.max_cost_msat"),
+            (json!({"metered": {"cost_header": "x cost"}}), "routes[1].metered.cost_header"),
+            (json!({"metered": {"cost_header": "x-l402-balance-msat"}}), "routes[1].metered.cost_header"),
+            (json!({"metered": {"surprise": 1}}), "routes[1].metered.surprise"),
+            (json!({"uses": 5}), "routes[1].uses"),
+            (json!({"schemes": ["l402", "payment"]}), "routes[1].metered"),
+        ] {
+            assert_eq!(error_field(&metered(extra.clone())), field, "{extra}");
+        }
+        let mut dynamic = metered(json!({"dynamic_price": true}));
+        dynamic["pricing"] = json!({"upstream": "pricer", "authority": "pricer:80", "path": "/price"});
+        assert_eq!(error_field(&dynamic), "routes[1].dynamic_price");
+        let mut free = base();
+        free["routes"][0]["metered"] = json!({"reserve_msat": 1});
+        assert_eq!(error_field(&free), "routes[0].free");
     }
 }

@@ -1,7 +1,8 @@
 //! Route rules: what a request is matched on, and what a matching request must pay for.
 
 use super::browser::RawBrowser;
-use super::{is_token_text, Browser, ConfigError, NodeKind, PricingFallback, Schemes};
+use super::{is_header_name, is_token_text, Browser, ConfigError, NodeKind, PricingFallback, Schemes};
+use crate::meter::Metered;
 use serde::Deserialize;
 
 /// Most segments in a glob pattern, to keep matching cheap.
@@ -30,6 +31,15 @@ pub(super) struct RawRoute {
     dry_run: Option<bool>,
     public: Option<bool>,
     browser: Option<RawBrowser>,
+    metered: Option<RawMetered>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetered {
+    reserve_msat: u64,
+    max_cost_msat: Option<u64>,
+    cost_header: Option<String>,
 }
 
 /// Requests a client network may make on a route before it is asked to pay.
@@ -200,6 +210,8 @@ pub struct Service {
     pub public: bool,
     /// The HTML 402 page (and cookie redemption) for browsers; boxed, as few routes have it.
     pub browser: Option<Box<Browser>>,
+    /// Sells a balance drawn down by each request's reported cost.
+    pub metered: Option<Box<Metered>>,
 }
 
 fn method_names(list: Option<Vec<String>>, field: impl Fn(usize) -> String) -> Result<Vec<String>, ConfigError> {
@@ -261,8 +273,13 @@ impl RawRoute {
         let host = m.host.map(|h| host_match(h, field("match.host"))).transpose()?;
 
         let access = if self.free {
-            let paid_only =
-                [self.schemes.is_some(), self.dry_run.is_some(), self.public.is_some(), self.browser.is_some()];
+            let paid_only = [
+                self.schemes.is_some(),
+                self.dry_run.is_some(),
+                self.public.is_some(),
+                self.browser.is_some(),
+                self.metered.is_some(),
+            ];
             if self.service.is_some()
                 || self.price_sat.is_some()
                 || self.price_msat.is_some()
@@ -270,7 +287,7 @@ impl RawRoute {
             {
                 return Err(ConfigError::new(
                     field("free"),
-                    "a free route has no service, price, schemes, dry_run, public or browser",
+                    "a free route has no service, price, schemes, dry_run, public, browser or metered",
                 ));
             }
             Access::Free
@@ -342,6 +359,20 @@ impl RawRoute {
                     return Err(ConfigError::new(field("freebies"), "requests and period_s must be at least 1"));
                 }
             }
+            let metered =
+                self.metered.map(|m| m.validate(&field("metered"), price_msat, schemes).map(Box::new)).transpose()?;
+            if metered.is_some() && self.dynamic_price {
+                return Err(ConfigError::new(
+                    field("dynamic_price"),
+                    "a metered route sells bundles at a fixed price; the upstream reports each request's cost",
+                ));
+            }
+            if metered.is_some() && self.uses.is_some() {
+                return Err(ConfigError::new(
+                    field("uses"),
+                    "a metered route's tokens draw on a balance, not a use count",
+                ));
+            }
             let browser =
                 self.browser.map(|b| b.validate(&field("browser"), &name, &path, schemes).map(Box::new)).transpose()?;
             Access::Paid(Service {
@@ -358,11 +389,42 @@ impl RawRoute {
                 dry_run: self.dry_run.unwrap_or(default_dry_run),
                 public: self.public.unwrap_or(true),
                 browser,
+                metered,
             })
         };
         Ok(Route { path, methods, host, access })
     }
 }
+
+impl RawMetered {
+    fn validate(self, field: &str, price_msat: Option<u64>, schemes: Schemes) -> Result<Metered, ConfigError> {
+        let at = |name: &str| format!("{field}.{name}");
+        if schemes.payment {
+            return Err(ConfigError::new(
+                field.to_owned(),
+                "needs L402 tokens: a Payment charge buys one request, not a balance (schemes: [\"l402\"])",
+            ));
+        }
+        if self.reserve_msat == 0 {
+            return Err(ConfigError::new(at("reserve_msat"), "must be at least 1"));
+        }
+        if price_msat.is_some_and(|bundle| self.reserve_msat > bundle) {
+            return Err(ConfigError::new(at("reserve_msat"), "must not exceed the route's price (the bundle)"));
+        }
+        let max_cost_msat = self.max_cost_msat.unwrap_or(self.reserve_msat);
+        if max_cost_msat < self.reserve_msat {
+            return Err(ConfigError::new(at("max_cost_msat"), "must be at least reserve_msat"));
+        }
+        let cost_header = self.cost_header.unwrap_or_else(|| DEFAULT_COST_HEADER.to_owned());
+        if !is_header_name(&cost_header) {
+            return Err(ConfigError::new(at("cost_header"), "must be a header name (A-Z a-z 0-9 -)"));
+        }
+        Ok(Metered { reserve_msat: self.reserve_msat, max_cost_msat, cost_header: cost_header.to_ascii_lowercase() })
+    }
+}
+
+/// Where the upstream reports a metered request's cost, unless configured otherwise.
+const DEFAULT_COST_HEADER: &str = "x-l402-cost-msat";
 
 impl Route {
     pub fn matches(&self, method: &str, path: &str, authority: &str) -> bool {

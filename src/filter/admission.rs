@@ -4,7 +4,7 @@
 use super::host::{self, Host, HostStore};
 use super::http::{key, Http, Waiting};
 use crate::config::Service;
-use crate::fleet::{self, TxnOutcome};
+use crate::fleet::{self, Swapped};
 use crate::gate::Refusal;
 use crate::l402::encoding::hex_encode;
 use crate::l402::Identifier;
@@ -57,8 +57,8 @@ impl Admission {
     }
 }
 
-/// Compare-and-swap rounds on a fleet use counter before the store counts as failing.
-pub(super) const FLEET_CAS_ATTEMPTS: u8 = 4;
+/// Compare-and-swap rounds on a fleet counter or balance before the store counts as failing.
+pub(super) const FLEET_CAS_ATTEMPTS: u8 = 8;
 
 impl Http {
     /// A paid request: confirm settlement where required, then count the use and hand it on.
@@ -79,6 +79,9 @@ impl Http {
     }
 
     pub(super) fn count_use_and_hand_off(&mut self, admission: &Admission) -> Action {
+        if let Some(terms) = &admission.service.metered {
+            return self.reserve_and_hand_off(admission, terms);
+        }
         let Some(limit) = admission.limit() else { return self.pass(admission) };
         let shared = Rc::clone(&self.shared);
         let token_id = &admission.identifier.token_id;
@@ -104,13 +107,13 @@ impl Http {
         admission: Admission,
         limit: u64,
         attempt: u8,
-        answer: Result<TxnOutcome, NodeError>,
+        answer: Result<Swapped<fleet::Seen>, NodeError>,
     ) -> Action {
         let shared = Rc::clone(&self.shared);
         let Some(fleet) = &shared.config.fleet else { return Action::Pause };
         match answer {
-            Ok(TxnOutcome::Counted) => self.pass(&admission),
-            Ok(TxnOutcome::Changed(seen)) => match admission.draw().next(seen.count, limit) {
+            Ok(Swapped::Written { .. }) => self.pass(&admission),
+            Ok(Swapped::Changed(seen)) => match admission.draw().next(seen.count, limit) {
                 None => {
                     let refusal = admission.exhausted();
                     self.challenge(admission.service, Some(refusal))
@@ -129,7 +132,9 @@ impl Http {
 
     pub(super) fn pass(&mut self, admission: &Admission) -> Action {
         self.shared.count(Counter::Paid);
-        self.shared.service_counts.paid(&admission.service.name, admission.price_msat);
+        // A metered request's value is what it is charged, counted once the upstream answered.
+        let value = if self.meter.is_some() { None } else { admission.price_msat };
+        self.shared.service_counts.paid(&admission.service.name, value);
         let paid = Record::new(Outcome::Paid).service(&admission.service.name, admission.price_msat);
         self.decided(&paid.token(&admission.identifier.token_id));
         self.hand_off(admission);
@@ -153,10 +158,17 @@ impl Http {
         if let Some(name) = &headers.service {
             host::set_request_header(name, &admission.service.name);
         }
-        match (&headers.price_msat, admission.price_msat) {
-            (Some(name), Some(price)) => host::set_request_header(name, &price.to_string()),
-            (Some(name), None) => self.remove_client_copy(name),
-            (None, _) => {}
+        let meter = self.meter.as_ref();
+        for (name, value) in [
+            (&headers.price_msat, admission.price_msat),
+            (&headers.reserved_msat, meter.map(|m| m.reserved)),
+            (&headers.balance_msat, meter.map(|m| m.balance_msat)),
+        ] {
+            match (name, value) {
+                (Some(name), Some(value)) => host::set_request_header(name, &value.to_string()),
+                (Some(name), None) => self.remove_client_copy(name),
+                (None, _) => {}
+            }
         }
     }
 

@@ -8,6 +8,7 @@ use crate::l402::caveats::{METHODS_SUFFIX, PATH_PREFIX_SUFFIX, PATH_SUFFIX, PRIC
 use crate::l402::encoding::{base64_encode, hex_encode};
 use crate::l402::{mint, Grant};
 use crate::lightning::{invoice_request, invoiceable_msat, InvoiceOrder, NodeError};
+use crate::meter::Ledger;
 use crate::metrics::Counter;
 use crate::outcome::{Outcome, Record};
 use crate::payment::wire::rfc3339;
@@ -225,15 +226,23 @@ impl Http {
         params.header_value()
     }
 
-    /// Creates the use counter a challenge's credentials will count on, in shared data, so that
-    /// redemption only compare-and-swaps (see `store::create_counter`). The fleet store needs none:
-    /// etcd creates a key only where it is absent.
+    /// Creates the use counter (or a metered route's balance) a challenge's credentials will draw
+    /// on, in shared data, so that redemption only compare-and-swaps (see `store::create_counter`).
+    /// The fleet store needs none: etcd creates a key only where it is absent.
     pub(super) fn create_use_counter(&self, service: &Service, token_id: &[u8; 32]) {
-        let counted = service.schemes.payment || service.uses.is_some();
-        if !counted || self.shared.config.fleet.is_some() {
+        if self.shared.config.fleet.is_some() {
             return;
         }
-        if let Err(e) = store::create_counter(&HostStore, &key("uses", token_id)) {
+        let created = match (&service.metered, service.price_msat) {
+            (Some(_), Some(bundle)) => {
+                store::create_ledger(&HostStore, &key("balance", token_id), Ledger::fresh(bundle))
+            }
+            _ if service.schemes.payment || service.uses.is_some() => {
+                store::create_counter(&HostStore, &key("uses", token_id))
+            }
+            _ => return,
+        };
+        if let Err(e) = created {
             self.shared.count(Counter::StoreErrors);
             host::log(LogLevel::Warn, &format!("shared store: {e}"));
         }

@@ -146,6 +146,15 @@ pub fn set_response_header(name: &str, value: Option<&str>) {
     let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
 }
 
+pub fn response_trailer(name: &str) -> Option<String> {
+    let bytes = hostcalls::get_map_value_bytes(MapType::HttpResponseTrailers, name).ok()??;
+    String::from_utf8(bytes).ok()
+}
+
+pub fn set_response_trailer(name: &str, value: Option<&str>) {
+    let _ = hostcalls::set_map_value(MapType::HttpResponseTrailers, name, value);
+}
+
 /// Replaces the response at hand's status and headers by `status` and a body of `content_type` and
 /// `content_length`. The framing headers are overwritten rather than removed: Kong 3.8's engine
 /// crashes its worker removing one of them.

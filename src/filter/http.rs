@@ -6,12 +6,14 @@ use super::admission::Admission;
 use super::browser::BrowserState;
 use super::challenge::Offer;
 use super::host::{self, Host, HostStore};
+use super::metering::Meter;
 use super::root::Shared;
 use crate::config::{Config, Endpoint, OnStoreError, Service};
 use crate::fleet;
 use crate::gate::{self, Decision, Presented, Refusal, Routing};
 use crate::l402::encoding::hex_encode;
 use crate::lightning::{parse_invoice, parse_settlement, Callout, MAX_RESPONSE_BYTES};
+use crate::meter::Ledger;
 use crate::metrics::Counter;
 use crate::outcome::{Outcome, Record};
 use crate::payment::{is_payment_authorization, receipt};
@@ -35,6 +37,8 @@ pub(super) enum Waiting {
     Settlement(Admission),
     /// The fleet store's answer to a compare-and-swap on the token's use count.
     Usage { admission: Admission, limit: u64, attempt: u8 },
+    /// The fleet store's answer to a compare-and-swap holding a reservation on the token's balance.
+    Reservation { admission: Admission, held: Ledger, attempt: u8 },
 }
 
 pub struct Http {
@@ -60,6 +64,8 @@ pub struct Http {
     pub(super) now: u64,
     /// On a route with the browser's cookie: what the page and the upstream's `Cookie` need.
     pub(super) browser: BrowserState,
+    /// On a metered route: the reservation held for this request until its answer is charged.
+    pub(super) meter: Option<Meter>,
 }
 
 /// The gRPC metadata key of the revised L402 spec's token.
@@ -89,6 +95,7 @@ impl Http {
             receipt: None,
             now: 0,
             browser: BrowserState::default(),
+            meter: None,
         }
     }
 
@@ -252,6 +259,9 @@ impl Context for Http {
             Waiting::Usage { admission, limit, attempt } => {
                 self.counted(admission, limit, attempt, fleet::parse_count(status, &body))
             }
+            Waiting::Reservation { admission, held, attempt } => {
+                self.reservation_answered(admission, held, attempt, fleet::parse_ledger(status, &body))
+            }
         };
         // The request was paused for this call: let it go on if it was admitted.
         if let Action::Continue = action {
@@ -270,7 +280,8 @@ impl HttpContext for Http {
         action
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.meter_response_headers(end_of_stream);
         if let Some(receipt) = self.receipt.take() {
             host::set_response_header(receipt::HEADER, Some(&receipt));
             // A response that carries a receipt is the payer's alone, never a shared cache's.
@@ -296,6 +307,15 @@ impl HttpContext for Http {
             self.replacing_body = true;
         }
         Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.meter_response_trailers();
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.meter_log();
     }
 
     fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {

@@ -10,6 +10,7 @@ mod discovery;
 mod dry_run;
 mod host;
 mod http;
+mod metering;
 mod root;
 
 #[cfg(target_arch = "wasm32")]

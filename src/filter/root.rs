@@ -3,16 +3,18 @@
 
 use super::host::{self, Host};
 use super::http::{Http, Misconfigured};
+use super::metering::Settlement;
 use crate::config::Config;
 use crate::discovery::Manifest;
-use crate::fleet;
+use crate::fleet::{self, Swapped};
 use crate::gate::VerifiedCache;
+use crate::lightning::MAX_RESPONSE_BYTES;
 use crate::metrics::{Counter, Pending, ServiceCounts, CALLOUT_LATENCY_MS, SERVICE_PAID_MSAT, SERVICE_PAID_REQUESTS};
 use crate::pricing::QuoteCache;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel, MetricType};
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -20,8 +22,10 @@ use std::time::Duration;
 const CACHE_ENTRIES: usize = 4096;
 /// Largest revocation list read from the fleet store.
 const MAX_REVOCATION_LIST_BYTES: usize = 16 * 1024 * 1024;
-/// How often counts are published to the host (and the revocation poll considered).
-const PUBLISH_PERIOD: Duration = Duration::from_secs(1);
+/// How often the root context wakes: metered charges for the fleet store go out within a tick.
+const TICK: Duration = Duration::from_millis(100);
+/// Counts are published to the host (and the revocation poll considered) every second.
+const TICKS_PER_PUBLISH: u32 = 10;
 
 pub struct Shared {
     pub config: Config,
@@ -37,6 +41,8 @@ pub struct Shared {
     pub host: Cell<Option<Host>>,
     /// The discovery manifest, rendered once, if enabled.
     pub manifest: Option<Manifest>,
+    /// Charges of metered requests for the fleet store, sent by the root context.
+    pub settlements: RefCell<Vec<Settlement>>,
 }
 
 impl Shared {
@@ -58,9 +64,13 @@ pub struct Root {
     counter_ids: Vec<Option<u32>>,
     /// Host metric ids of each service's (requests, msat), in the order of `ServiceCounts::names`.
     service_ids: Vec<(Option<u32>, Option<u32>)>,
-    /// When the fleet's revocation list is next read (unix seconds), and whether a read is under way.
+    /// When the fleet's revocation list is next read (unix seconds), and the call reading it.
     next_revocation_poll: u64,
-    polling: bool,
+    polling: Option<u32>,
+    /// Charges sent to the fleet store, by call.
+    settling: HashMap<u32, Settlement>,
+    /// Ticks until the counts are next published.
+    ticks_to_publish: u32,
 }
 
 impl Root {
@@ -68,21 +78,74 @@ impl Root {
     fn poll_revocations(&mut self, shared: &Shared) {
         let Some(fleet) = &shared.config.fleet else { return };
         let now = host::now_unix();
-        if self.polling || now < self.next_revocation_poll {
+        if self.polling.is_some() || now < self.next_revocation_poll {
             return;
         }
         self.next_revocation_poll = now.saturating_add(fleet.revocation_poll_s);
-        self.polling = host::dispatch(&fleet.endpoint, &fleet::list_revoked(&fleet.prefix)).is_ok();
-        if !self.polling {
+        self.polling = host::dispatch(&fleet.endpoint, &fleet::list_revoked(&fleet.prefix)).ok();
+        if self.polling.is_none() {
             shared.count(Counter::StoreErrors);
+        }
+    }
+
+    /// Sends each pending charge as a compare-and-swap on its balance, from the ledger last seen.
+    fn send_settlements(&mut self, shared: &Shared) {
+        let Some(fleet) = &shared.config.fleet else { return };
+        let pending = std::mem::take(&mut *shared.settlements.borrow_mut());
+        for settlement in pending {
+            let (after, _) = settlement.seen.ledger.settle(settlement.reserved, settlement.cost);
+            let key = fleet::balance_key(&fleet.prefix, &settlement.token_id);
+            match host::dispatch(&fleet.endpoint, &fleet::put_ledger(&key, Some(&settlement.seen), &after)) {
+                Ok(call) => {
+                    self.settling.insert(call, settlement);
+                }
+                Err(()) => retry_settlement(shared, settlement, "could not dispatch"),
+            }
+        }
+    }
+
+    /// The fleet store answered a charge: done, or again from the ledger as it is now.
+    fn settlement_answered(&mut self, shared: &Shared, settlement: Settlement, body: &[u8]) {
+        match fleet::parse_ledger(host::call_response_status(), body) {
+            Ok(Swapped::Written { .. }) => {}
+            Ok(Swapped::Changed(Some(seen))) => {
+                shared.settlements.borrow_mut().push(Settlement { seen, ..settlement });
+                self.send_settlements(shared);
+            }
+            Ok(Swapped::Changed(None)) => {
+                host::log(LogLevel::Warn, "a metered balance vanished from the fleet store before its charge");
+            }
+            Err(error) => retry_settlement(shared, settlement, &error.to_string()),
         }
     }
 }
 
+/// Compare-and-swap rounds (and failed sends) for one charge before it is given up.
+const SETTLEMENT_ATTEMPTS: u8 = 32;
+
+/// Keeps a charge for the next tick, unless it has been tried too often: a charge given up leaves
+/// the reservation charged in full, never less.
+fn retry_settlement(shared: &Shared, settlement: Settlement, why: &str) {
+    shared.count(Counter::StoreErrors);
+    let attempt = settlement.attempt.saturating_add(1);
+    if attempt >= SETTLEMENT_ATTEMPTS {
+        host::log(
+            LogLevel::Warn,
+            &format!("fleet store: a metered charge was given up ({why}); its reservation stays charged"),
+        );
+        return;
+    }
+    shared.settlements.borrow_mut().push(Settlement { attempt, ..settlement });
+}
+
 impl Context for Root {
-    fn on_http_call_response(&mut self, _token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
-        self.polling = false;
-        let Some(shared) = &self.shared else { return };
+    fn on_http_call_response(&mut self, call: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let Some(shared) = self.shared.clone() else { return };
+        if let Some(settlement) = self.settling.remove(&call) {
+            let body = host::call_response_body(body_size.min(MAX_RESPONSE_BYTES));
+            return self.settlement_answered(&shared, settlement, &body);
+        }
+        self.polling = None;
         let Some(fleet) = &shared.config.fleet else { return };
         let body = host::call_response_body(body_size.min(MAX_REVOCATION_LIST_BYTES));
         match fleet::parse_revoked(&fleet.prefix, host::call_response_status(), &body) {
@@ -128,8 +191,9 @@ impl RootContext for Root {
                     quotes: RefCell::new(QuoteCache::default()),
                     latency_metric: host::define_metric(MetricType::Histogram, CALLOUT_LATENCY_MS),
                     host: Cell::new(None),
+                    settlements: RefCell::new(Vec::new()),
                 }));
-                host::set_tick_period(PUBLISH_PERIOD);
+                host::set_tick_period(TICK);
                 true
             }
             Err(error) => {
@@ -144,6 +208,12 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         let Some(shared) = self.shared.clone() else { return };
+        self.send_settlements(&shared);
+        self.ticks_to_publish = self.ticks_to_publish.saturating_sub(1);
+        if self.ticks_to_publish > 0 {
+            return;
+        }
+        self.ticks_to_publish = TICKS_PER_PUBLISH;
         self.poll_revocations(&shared);
         for (counter, count) in shared.counts.drain() {
             if let Some(Some(id)) = self.counter_ids.get(counter as usize) {

@@ -1,0 +1,208 @@
+//! A metered route's request: the reservation on its token's balance before it goes upstream, and
+//! the charge once the upstream answered (from a response header, or trailer, with the cost).
+
+use super::admission::{Admission, FLEET_CAS_ATTEMPTS};
+use super::host::{self, HostStore};
+use super::http::{key, Http, Waiting};
+use crate::fleet::{self, SeenLedger, Swapped};
+use crate::gate::Refusal;
+use crate::lightning::NodeError;
+use crate::meter::{Answer, Ledger, Metered, Reported};
+use crate::metrics::Counter;
+use crate::response::is_grpc;
+use crate::store;
+use proxy_wasm::types::{Action, LogLevel};
+use std::rc::Rc;
+
+/// A request's reservation, until the upstream's answer is charged.
+pub(super) struct Meter {
+    terms: Metered,
+    service: String,
+    token_id: [u8; 32],
+    pub(super) reserved: u64,
+    /// The balance left beside the reservation, for the upstream.
+    pub(super) balance_msat: u64,
+    /// With `fleet`: the ledger as the reservation wrote it, where the charge starts from.
+    written: Option<SeenLedger>,
+    /// How the upstream answered so far.
+    answer: Answer,
+}
+
+/// A charge to apply to a balance in the fleet store, handed to the root context: the request's own
+/// context may end before etcd answers.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    pub token_id: [u8; 32],
+    pub reserved: u64,
+    pub cost: u64,
+    pub seen: SeenLedger,
+    pub attempt: u8,
+}
+
+impl Admission {
+    /// The balance a metered token was bought with: the route's price.
+    fn bundle(&self) -> Ledger {
+        Ledger::fresh(self.service.price_msat.unwrap_or(0))
+    }
+}
+
+impl Http {
+    /// Holds the route's reservation on the token's balance, then hands the request on; a balance
+    /// that cannot cover it gets a 402 for a new bundle.
+    pub(super) fn reserve_and_hand_off(&mut self, admission: &Admission, terms: &Metered) -> Action {
+        let shared = Rc::clone(&self.shared);
+        let token_id = &admission.identifier.token_id;
+        let amount = terms.reserve_msat;
+        if let Some(fleet) = &shared.config.fleet {
+            // The first attempt assumes the balance is new; etcd writes it only if it is.
+            let Some(held) = admission.bundle().reserve(amount) else {
+                return self.exhausted(admission, admission.bundle(), amount);
+            };
+            let request = fleet::put_ledger(&fleet::balance_key(&fleet.prefix, token_id), None, &held);
+            let waiting = Waiting::Reservation { admission: admission.clone(), held, attempt: 1 };
+            return self.call(&fleet.endpoint, &request, waiting);
+        }
+        match store::reserve(&HostStore, &key("balance", token_id), admission.bundle(), amount) {
+            Ok(Ok(held)) => self.metered_pass(admission, terms, held, None),
+            Ok(Err(ledger)) => self.exhausted(admission, ledger, amount),
+            Err(e) => self.store_failure(&e, Some(admission)),
+        }
+    }
+
+    /// The fleet store answered a reservation step: held, exhausted, or try again.
+    pub(super) fn reservation_answered(
+        &mut self,
+        admission: Admission,
+        held: Ledger,
+        attempt: u8,
+        answer: Result<Swapped<Option<SeenLedger>>, NodeError>,
+    ) -> Action {
+        let shared = Rc::clone(&self.shared);
+        let (Some(fleet), Some(terms)) = (&shared.config.fleet, &admission.service.metered) else {
+            return Action::Pause;
+        };
+        let now = match answer {
+            Ok(Swapped::Written { revision }) => {
+                let written = SeenLedger { ledger: held, mod_revision: revision };
+                return self.metered_pass(&admission, terms, held, Some(written));
+            }
+            Ok(Swapped::Changed(now)) => now,
+            Err(error) => return self.store_failure(&error, Some(&admission)),
+        };
+        let current = now.as_ref().map_or_else(|| admission.bundle(), |seen| seen.ledger);
+        let Some(held) = current.reserve(terms.reserve_msat) else {
+            return self.exhausted(&admission, current, terms.reserve_msat);
+        };
+        if attempt >= FLEET_CAS_ATTEMPTS {
+            return self.store_failure(&"balance kept changing", Some(&admission));
+        }
+        let request =
+            fleet::put_ledger(&fleet::balance_key(&fleet.prefix, &admission.identifier.token_id), now.as_ref(), &held);
+        let waiting = Waiting::Reservation { admission, held, attempt: attempt.saturating_add(1) };
+        self.call(&fleet.endpoint, &request, waiting)
+    }
+
+    fn metered_pass(
+        &mut self,
+        admission: &Admission,
+        terms: &Metered,
+        held: Ledger,
+        written: Option<SeenLedger>,
+    ) -> Action {
+        self.meter = Some(Meter {
+            terms: terms.clone(),
+            service: admission.service.name.clone(),
+            token_id: admission.identifier.token_id,
+            reserved: terms.reserve_msat,
+            balance_msat: held.balance_msat(),
+            written,
+            answer: Answer::None,
+        });
+        self.pass(admission)
+    }
+
+    fn exhausted(&mut self, admission: &Admission, ledger: Ledger, reserve_msat: u64) -> Action {
+        let refusal = Refusal::BalanceExhausted { balance_msat: ledger.balance_msat(), reserve_msat };
+        self.challenge(admission.service.clone(), Some(refusal))
+    }
+
+    /// The upstream's response headers: the cost reported there is charged now; without one, a
+    /// response that may end in trailers waits for them.
+    pub(super) fn meter_response_headers(&mut self, end_of_stream: bool) {
+        let Some(meter) = self.meter.as_mut() else { return };
+        let status = host::response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        meter.answer = Answer::Status(status);
+        let cost_header = meter.terms.cost_header.clone();
+        let reported = Reported::read(host::response_header(&cost_header).as_deref());
+        let balance_header = self.shared.config.upstream_headers.balance_msat.clone();
+        if reported != Reported::Missing {
+            host::set_response_header(&cost_header, None);
+        }
+        let trailers_may_follow = !end_of_stream
+            && (host::response_header("content-type").is_some_and(|t| is_grpc(&t))
+                || host::response_header("trailer").is_some());
+        if reported == Reported::Missing && trailers_may_follow {
+            // The balance the upstream may have echoed is not the client's to read yet.
+            if let Some(name) = &balance_header {
+                host::set_response_header(name, None);
+            }
+            return;
+        }
+        let balance = self.settle(reported);
+        if let (Some(name), Some(balance)) = (&balance_header, balance) {
+            host::set_response_header(name, Some(&balance.to_string()));
+        }
+    }
+
+    /// The response's trailers: where a streaming upstream reports the cost.
+    pub(super) fn meter_response_trailers(&mut self) {
+        let Some(meter) = self.meter.as_ref() else { return };
+        let cost_trailer = meter.terms.cost_header.clone();
+        let reported = Reported::read(host::response_trailer(&cost_trailer).as_deref());
+        if reported != Reported::Missing {
+            host::set_response_trailer(&cost_trailer, None);
+        }
+        let balance = self.settle(reported);
+        if let (Some(name), Some(balance)) = (&self.shared.config.upstream_headers.balance_msat, balance) {
+            host::set_response_trailer(name, Some(&balance.to_string()));
+        }
+    }
+
+    /// The request is over: a reservation never charged (no answer, or a stream that ended without
+    /// its trailers) is charged by the rules for a missing cost.
+    pub(super) fn meter_log(&mut self) {
+        if self.meter.is_some() {
+            self.settle(Reported::Missing);
+        }
+    }
+
+    /// Charges the request and releases the rest of its reservation; the balance left after it,
+    /// where known (with `fleet`, as of this gateway's reservation).
+    fn settle(&mut self, reported: Reported) -> Option<u64> {
+        let meter = self.meter.take()?;
+        let cost = meter.terms.charge(meter.reserved, reported, meter.answer);
+        let shared = Rc::clone(&self.shared);
+        match meter.written {
+            Some(seen) => {
+                let (after, charged) = seen.ledger.settle(meter.reserved, cost);
+                shared.service_counts.charged(&meter.service, charged);
+                let settlement =
+                    Settlement { token_id: meter.token_id, reserved: meter.reserved, cost, seen, attempt: 0 };
+                shared.settlements.borrow_mut().push(settlement);
+                Some(after.balance_msat())
+            }
+            None => match store::settle(&HostStore, &key("balance", &meter.token_id), meter.reserved, cost) {
+                Ok((after, charged)) => {
+                    shared.service_counts.charged(&meter.service, charged);
+                    Some(after.balance_msat())
+                }
+                Err(e) => {
+                    // The reservation stays held: the client is charged it, never less.
+                    shared.count(Counter::StoreErrors);
+                    host::log(LogLevel::Warn, &format!("shared store: charging a metered request: {e}"));
+                    None
+                }
+            },
+        }
+    }
+}
