@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from contextlib import contextmanager
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
@@ -33,8 +34,10 @@ ROUTES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def fleet(lnbits, wasm) -> Iterator[dict[str, Any]]:
+@contextmanager
+def two_gateways(lnbits: Any, **top: Any) -> Iterator[dict[str, Any]]:
+    """A real etcd, the LLM upstream, and two gateways sharing a secret and the etcd (``top``: more
+    top-level plugin settings)."""
     etcd = Etcd()
     llm = LlmUpstream().start()
     backend = Backend("lnbits", lnbits)
@@ -45,13 +48,19 @@ def fleet(lnbits, wasm) -> Iterator[dict[str, Any]]:
     try:
         for _ in range(2):
             gateways.append(Gateway(backend, llm.port, ROUTES, secrets=secret,
-                                    template_edit=with_etcd_cluster(etcd.port), fleet=settings))
+                                    template_edit=with_etcd_cluster(etcd.port), fleet=settings, **top))
         yield {"etcd": etcd, "llm": llm, "gateways": gateways}
     finally:
         for g in gateways:
             g.stop()
         llm.stop()
         etcd.stop()
+
+
+@pytest.fixture(scope="module")
+def fleet(lnbits, wasm) -> Iterator[dict[str, Any]]:
+    with two_gateways(lnbits) as f:
+        yield f
 
 
 @pytest.fixture
@@ -113,38 +122,43 @@ def test_a_reservation_on_one_gateway_is_seen_by_the_other(fleet, up):
     assert record == {"total_msat": BUNDLE_MSAT, "spent_msat": 12_000}, record
 
 
-def test_concurrent_requests_across_the_fleet_charge_exactly_the_reported_costs(fleet, up):
-    """16 threads, both gateways, costs of 1000-20000 (never above the reservation, so each is
-    charged exactly): spent_msat = the sum of the costs of the requests that passed, the balance is
-    never below zero, every request upstream carried the reservation, the rest got balance_exhausted."""
+def storm(fleet: dict[str, Any], token: str, threads: int, per_thread: int, tokens: tuple[int, int],
+          seed: int = 1402) -> tuple[dict[str, Any], dict[str, int]]:
+    """``threads`` threads released at once, alternating between the two gateways, each sending
+    ``per_thread`` requests in a row with a cost of ``tokens`` (a range) x 10 msat: (the answers,
+    the cost each request would report), by request id."""
     a, b = fleet["gateways"]
-    token = a.buy("/v1/chat/completions")
-    rng = random.Random(1402)
-    plan = [[(f"t{t}-{k}", rng.randrange(100, 2_001)) for k in range(6)] for t in range(16)]
+    rng = random.Random(seed)
+    plan = [[(f"t{t}-{k}", rng.randrange(tokens[0], tokens[1] + 1)) for k in range(per_thread)]
+            for t in range(threads)]
     answers: dict[str, Any] = {}
     lock = threading.Lock()
-    barrier = threading.Barrier(16)
+    barrier = threading.Barrier(threads)
 
     def worker(t: int) -> None:
         gateway = (a, b)[t % 2]
         barrier.wait(timeout=30)
-        for request_id, tokens in plan[t]:
-            r = chat(gateway, token, request_id, tokens=tokens)
+        for request_id, n in plan[t]:
+            r = chat(gateway, token, request_id, tokens=n)
             with lock:
                 answers[request_id] = r
 
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(worker, range(16)))
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(worker, range(threads)))
+    return answers, {i: n * 10 for row in plan for i, n in row}
 
-    costs = {rid_: tokens * 10 for row in plan for rid_, tokens in row}
+
+def test_concurrent_requests_across_the_fleet_charge_exactly_the_reported_costs(fleet, up):
+    """16 threads, both gateways, costs of 1000-20000 (never above the reservation, so each is
+    charged exactly): spent_msat = the sum of the costs of the requests that passed, the balance is
+    never below zero, every request upstream carried the reservation, the rest got balance_exhausted."""
+    token = fleet["gateways"][0].buy("/v1/chat/completions")
+    answers, costs = storm(fleet, token, threads=16, per_thread=6, tokens=(100, 2_000))
     passed = [i for i, r in answers.items() if r.status == 200]
     refused = [i for i, r in answers.items() if r.status != 200]
     seen = {s.id: s for s in up.requests()}
     assert sorted(seen) == sorted(passed), "the upstream saw exactly the requests that passed"
     assert passed and refused, (len(passed), len(refused))
-    for i in refused:
-        assert_challenge(answers[i], "balance_exhausted", "llm")
-        assert 0 <= int(answers[i].headers[BALANCE]) < RESERVE, answers[i].headers
     for i in passed:
         assert seen[i].copies(RESERVED) == [str(RESERVE)], seen[i].header_list
         (after_reservation,) = seen[i].copies(BALANCE)
@@ -155,14 +169,25 @@ def test_concurrent_requests_across_the_fleet_charge_exactly_the_reported_costs(
     assert charged <= BUNDLE_MSAT
     record = settled_to(fleet, token, charged)
     assert record == {"total_msat": BUNDLE_MSAT, "spent_msat": charged}, (record, charged)
+    # Every refusal is balance_exhausted (never a store error: etcd is up, only contended).
+    statuses = {}
+    for i in refused:
+        key = (answers[i].status, answers[i].json().get("reason"))
+        statuses[key] = statuses.get(key, 0) + 1
+    assert set(statuses) == {(402, "balance_exhausted")}, statuses
+    for i in refused:
+        assert_challenge(answers[i], "balance_exhausted", "llm")
+    # What each refusal reported left: never below zero, less than one reservation.
+    assert all(0 <= int(answers[i].headers.get(BALANCE, "-1")) < RESERVE for i in refused), \
+        [answers[i].headers.get(BALANCE) for i in refused]
     shown = balance_show(fleet, token)
     assert shown == {"token_id": token_id_of(token), "total_msat": BUNDLE_MSAT, "spent_msat": charged,
                      "balance_msat": BUNDLE_MSAT - charged}, shown
 
 
-def test_balance_credit_lets_an_exhausted_bundle_pass_again(fleet, up):
+def exhaust(fleet: dict[str, Any], up: LlmUpstream, token: str) -> list[Any]:
+    """Draw the bundle to exactly zero across both gateways; returns the two refusals that follow."""
     a, b = fleet["gateways"]
-    token = b.buy("/v1/chat/completions")
     spent = 0
     for k in range(4):                          # 4 x 45000: 20000 left
         r = chat((a, b)[k % 2], token, f"drain{k}", tokens=4_500)
@@ -170,23 +195,68 @@ def test_balance_credit_lets_an_exhausted_bundle_pass_again(fleet, up):
         spent += 45_000
     assert settled_to(fleet, token, spent) == {"total_msat": BUNDLE_MSAT, "spent_msat": spent}
     assert chat(a, token, "last", tokens=2_000).status == 200     # exactly the reservation: 0 left
-    spent += 20_000
-    assert settled_to(fleet, token, spent) == {"total_msat": BUNDLE_MSAT, "spent_msat": BUNDLE_MSAT}
+    assert settled_to(fleet, token, BUNDLE_MSAT) == {"total_msat": BUNDLE_MSAT, "spent_msat": BUNDLE_MSAT}
+    refusals = []
     for gateway in (a, b):
         r = chat(gateway, token, "refused", tokens=1)
         assert_challenge(r, "balance_exhausted", "llm")
-        assert r.headers[BALANCE] == "0"
+        refusals.append(r)
     assert "refused" not in [s.id for s in up.requests()]
+    return refusals
 
-    r = cli("balance", "credit", token_id_of(token), "30000", "--etcd", fleet["etcd"].url, "--prefix", PREFIX)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert balance_show(fleet, token)["balance_msat"] == 30_000
+
+def assert_credited_pass(fleet: dict[str, Any], up: LlmUpstream, token: str) -> None:
+    """After a credit of 30000 on an exhausted bundle, a request passes again on either gateway."""
+    a, b = fleet["gateways"]
     assert ledger(fleet, token) == {"total_msat": BUNDLE_MSAT + 30_000, "spent_msat": BUNDLE_MSAT}
     r = chat(b, token, "credited", tokens=100)
     assert r.status == 200, (r.status, r.text)
     assert up.by_id("credited").copies(BALANCE) == ["10000"]
-    assert r.headers[BALANCE] == str(30_000 - 1_000)
-    assert settled_to(fleet, token, BUNDLE_MSAT + 1_000)["total_msat"] == BUNDLE_MSAT + 30_000
+    assert COST_HEADER not in r.headers and r.headers[BALANCE] == str(30_000 - 1_000)
+    assert settled_to(fleet, token, BUNDLE_MSAT + 1_000) == {"total_msat": BUNDLE_MSAT + 30_000,
+                                                            "spent_msat": BUNDLE_MSAT + 1_000}
+    assert chat(a, token, "credited-a", tokens=0).status == 200
+
+
+def test_balance_credit_lets_an_exhausted_bundle_pass_again(fleet, up):
+    """`l402 balance credit` adds to the total in etcd; `l402 balance show` agrees."""
+    token = fleet["gateways"][1].buy("/v1/chat/completions")
+    refusals = exhaust(fleet, up, token)
+    r = cli("balance", "credit", token_id_of(token), "30000", "--etcd", fleet["etcd"].url, "--prefix", PREFIX)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert balance_show(fleet, token)["balance_msat"] == 30_000
+    assert_credited_pass(fleet, up, token)
     shown = balance_show(fleet, token)
     assert shown["balance_msat"] == 29_000 and shown["spent_msat"] == BUNDLE_MSAT + 1_000, shown
+    assert [r.headers.get(BALANCE) for r in refusals] == ["0", "0"]
 
+
+def test_a_credit_written_to_etcd_lets_an_exhausted_bundle_pass_again(fleet, up):
+    """The same credit made by rewriting the record's total in etcd (the documented format): the
+    gateways read the balance from etcd, not from what they last saw."""
+    token = fleet["gateways"][0].buy("/v1/chat/completions")
+    refusals = exhaust(fleet, up, token)
+    fleet["etcd"].put(f"{PREFIX}balance/{token_id_of(token)}",
+                      json.dumps({"total_msat": BUNDLE_MSAT + 30_000, "spent_msat": BUNDLE_MSAT}))
+    assert_credited_pass(fleet, up, token)
+    assert [r.headers.get(BALANCE) for r in refusals] == ["0", "0"]
+
+
+def test_contention_never_lets_a_request_pass_uncharged_with_fail_open(lnbits, wasm):
+    """`on_store_error: fail_open` is for a store that is down, not for a busy balance: a burst of
+    concurrent requests on one bundle (etcd healthy) must never pass a request without its
+    reservation, i.e. uncharged; the sum charged is the sum of the reported costs."""
+    with two_gateways(lnbits, on_store_error="fail_open") as f:
+        token = f["gateways"][0].buy("/v1/chat/completions")
+        answers, costs = storm(f, token, threads=24, per_thread=8, tokens=(1, 100), seed=7)
+        seen = {s.id: s for s in f["llm"].requests()}
+        passed = [i for i, r in answers.items() if r.status == 200]
+        assert sorted(seen) == sorted(passed)
+        unreserved = sorted(i for i in passed if not seen[i].copies(RESERVED))
+        charged = sum(costs[i] for i in passed if i not in unreserved)
+        record = settled_to(f, token, charged)
+        assert record == {"total_msat": BUNDLE_MSAT, "spent_msat": charged}, record
+        assert unreserved == [], (f"{len(unreserved)} of {len(passed)} requests passed without a reservation "
+                                  f"(free: {sum(costs[i] for i in unreserved)} msat of reported costs)")
+        assert {(r.status, r.json().get("reason")) for r in answers.values() if r.status != 200} <= \
+            {(402, "balance_exhausted")}
