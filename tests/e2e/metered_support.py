@@ -8,7 +8,8 @@ The HTTP upstream (127.0.0.1, a thread) answers each request as its query string
   with that exact text (malformed costs too); neither: no cost reported;
 * ``header=NAME``: the cost header's name (default ``x-l402-cost-msat``);
 * ``where=header`` (default) or ``where=trailer``: the cost in the response headers, or in an
-  HTTP/1.1 trailer announced by a ``Trailer`` header (the body then chunked);
+  HTTP/1.1 trailer announced by a ``Trailer`` header (the body then chunked; ``announce=0``: the
+  trailer comes unannounced);
 * ``status=NNN``: the status (default 200);
 * ``chunks=N&delay=S``: a chunked, event-stream body of N chunks written S seconds apart (a client
   can hang up mid-stream; the record says whether the stream was written to the end);
@@ -194,7 +195,7 @@ def _handler(up: LlmUpstream) -> type[BaseHTTPRequestHandler]:
             if streamed:
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Transfer-Encoding", "chunked")
-                if cost is not None and where == "trailer":
+                if cost is not None and where == "trailer" and q.get("announce", "1") == "1":
                     self.send_header("Trailer", name)
                 self.end_headers()
                 try:

@@ -447,6 +447,17 @@ def test_a_cost_in_an_http1_trailer_is_settled_from_the_trailers(gw, up):
     assert next_balance(gw, up, token) == BUNDLE_MSAT - 4_500
 
 
+def test_an_unannounced_cost_trailer_never_reaches_the_client(gw, up):
+    """Without a `Trailer` header the answer is settled at its headers (the reservation: no cost
+    there); a cost trailer that comes anyway is still the gateway's, never the client's."""
+    token = buy(gw)
+    query = {"id": rid(), "where": "trailer", "announce": 0, "tokens": 450, "chunks": 2}
+    r = raw_get(gw.port, f"/v1/chat/completions?{urlencode(query)}", {"Authorization": token})
+    assert r.status == 200 and r.complete and r.header("trailer") is None
+    assert next_balance(gw, up, token) == BUNDLE_MSAT - RESERVE
+    assert r.trailer(COST_HEADER) is None, r.trailers
+
+
 def test_a_stream_with_its_cost_in_the_headers_is_charged_at_once(gw, up):
     """An event stream whose headers carry the cost: the balance header comes with the headers."""
     token = buy(gw)
@@ -786,3 +797,31 @@ def test_valid_metered_routes_load(upstream, wasm, metered):
     res = Envoy.validate(Envoy(mutated(vars, _route(metered=metered)), vars=vars, env=demo_env()).config_path,
                          env=demo_env())
     assert res.returncode == 0, res.stdout[-3000:]
+
+
+def test_a_quoted_price_buys_a_bundle_of_that_size(lnbits, llm, grpc_llm, wasm):
+    """The spec: the route's price, "or a quoted price", is the bundle's. The operator's pricer quotes
+    60000 msat: the token's balance is 60000 (not a static fallback)."""
+    from test_policy import Pricer, with_pricer_cluster
+    llm.clear()
+    pricer = Pricer()
+    pricer.answer = {"price_msat": 60_000}
+    pricing = {"upstream": "pricer", "authority": f"127.0.0.1:{pricer.port}", "path": "/price", "tls": False,
+               "timeout_ms": 1000, "cache_s": 60, "on_error": "deny"}
+    routes = [{"match": {"path_prefix": "/v1/chat"}, "service": "llm", "dynamic_price": True, "lifetime_s": 3600,
+               "metered": {"reserve_msat": 5_000, "max_cost_msat": 50_000}}]
+    backend = Backend("lnbits", lnbits)
+    try:
+        gateway = Gateway(backend, llm.port, routes, pricing=pricing, template_edit=with_pricer_cluster(pricer.port))
+        try:
+            r = gateway.request("/v1/chat/x")
+            assert r.status == 402 and r.json()["price_msat"] == 60_000, (r.status, r.text)
+            token = gateway.buy("/v1/chat/x")
+            request_id = rid()
+            assert_settled(chat(gateway, token, request_id, path="/v1/chat/x", tokens=100), 59_000)
+            assert llm.by_id(request_id).copies(BALANCE) == ["55000"]
+            assert llm.by_id(request_id).copies("x-l402-price-msat") == ["60000"]
+        finally:
+            gateway.stop()
+    finally:
+        pricer.stop()
