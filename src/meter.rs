@@ -95,6 +95,12 @@ impl Metered {
     }
 }
 
+/// gRPC status codes that are the server's failure, not the request's: UNKNOWN, UNIMPLEMENTED,
+/// INTERNAL, UNAVAILABLE and DATA_LOSS (the codes gRPC maps HTTP 5xx to, and its own server errors).
+pub fn is_grpc_server_error(code: u32) -> bool {
+    matches!(code, 2 | 12 | 13 | 14 | 15)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +150,11 @@ mod tests {
         assert_eq!(t.charge(20, Reported::Missing, Answer::Status(200)), 20);
         assert_eq!(t.charge(20, Reported::Missing, Answer::Status(502)), 0);
         assert_eq!(t.charge(20, Reported::Missing, Answer::None), 0);
+    }
+
+    #[test]
+    fn grpc_server_errors_are_the_servers() {
+        assert!([2, 12, 13, 14, 15].into_iter().all(is_grpc_server_error));
+        assert!(![0, 1, 3, 4, 5, 7, 8, 16].into_iter().any(is_grpc_server_error), "the request's own failures");
     }
 }

@@ -596,14 +596,25 @@ impl RawUpstreamHeaders {
                 other => Ok(other.map(|n| n.to_ascii_lowercase())),
             }
         };
-        Ok(UpstreamHeaders {
+        let headers = UpstreamHeaders {
             strip_credential: self.strip_credential,
             token_id: check(self.token_id, "token_id")?,
             service: check(self.service, "service")?,
             price_msat: check(self.price_msat, "price_msat")?,
             reserved_msat: check(self.reserved_msat, "reserved_msat")?,
             balance_msat: check(self.balance_msat, "balance_msat")?,
-        })
+        };
+        let fields = ["token_id", "service", "price_msat", "reserved_msat", "balance_msat"];
+        let names =
+            [&headers.token_id, &headers.service, &headers.price_msat, &headers.reserved_msat, &headers.balance_msat];
+        for (at, name) in names.iter().enumerate() {
+            let earlier = names.get(..at).unwrap_or_default();
+            if name.is_some() && earlier.contains(name) {
+                let field = fields.get(at).copied().unwrap_or_default();
+                return Err(ConfigError::new(format!("upstream_headers.{field}"), "names a header another field sets"));
+            }
+        }
+        Ok(headers)
     }
 }
 
@@ -793,6 +804,8 @@ mod tests {
         off["upstream_headers"] = json!({"service": null, "price_msat": "X-Paid"});
         let c2 = parse(&off).unwrap();
         assert_eq!(c2.upstream_headers.names().collect::<Vec<_>>(), ["x-l402-token-id", "x-paid"]);
+        off["upstream_headers"] = json!({"service": "X-L402-Token-Id"});
+        assert_eq!(error_field(&off), "upstream_headers.service", "one header, two values");
         assert_eq!(c.routes[1].methods, ["GET"]);
         let Access::Paid(service) = &c.routes[1].access else { panic!("paid route expected") };
         assert_eq!(service.price_msat, Some(10_000));
@@ -977,6 +990,8 @@ mod tests {
             (json!({"metered": {"max_cost_msat": 19999}}), "routes[1].metered.max_cost_msat"),
             (json!({"metered": {"cost_header": "x cost"}}), "routes[1].metered.cost_header"),
             (json!({"metered": {"cost_header": "x-l402-balance-msat"}}), "routes[1].metered.cost_header"),
+            (json!({"metered": {"cost_header": "Grpc-Status"}}), "routes[1].metered.cost_header"),
+            (json!({"metered": {"cost_header": "content-length"}}), "routes[1].metered.cost_header"),
             (json!({"metered": {"surprise": 1}}), "routes[1].metered.surprise"),
             (json!({"uses": 5}), "routes[1].uses"),
             (json!({"schemes": ["l402", "payment"]}), "routes[1].metered"),

@@ -419,9 +419,34 @@ impl RawMetered {
         if !is_header_name(&cost_header) {
             return Err(ConfigError::new(at("cost_header"), "must be a header name (A-Z a-z 0-9 -)"));
         }
-        Ok(Metered { reserve_msat: self.reserve_msat, max_cost_msat, cost_header: cost_header.to_ascii_lowercase() })
+        let cost_header = cost_header.to_ascii_lowercase();
+        if UNREMOVABLE_HEADERS.contains(&cost_header.as_str()) {
+            return Err(ConfigError::new(
+                at("cost_header"),
+                "is removed from every answer: it must not be a header the response needs",
+            ));
+        }
+        Ok(Metered { reserve_msat: self.reserve_msat, max_cost_msat, cost_header })
     }
 }
+
+/// Headers a response cannot lose: framing, gRPC's status, and those carrying credentials.
+const UNREMOVABLE_HEADERS: [&str; 14] = [
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "trailer",
+    "te",
+    "upgrade",
+    "location",
+    "set-cookie",
+    "www-authenticate",
+    "authorization",
+    "grpc-status",
+    "grpc-message",
+];
 
 /// Where the upstream reports a metered request's cost, unless configured otherwise.
 const DEFAULT_COST_HEADER: &str = "x-l402-cost-msat";

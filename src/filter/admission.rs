@@ -58,7 +58,7 @@ impl Admission {
 }
 
 /// Compare-and-swap rounds on a fleet counter or balance before the store counts as failing.
-pub(super) const FLEET_CAS_ATTEMPTS: u8 = 8;
+pub(super) const FLEET_CAS_ATTEMPTS: u8 = 16;
 
 impl Http {
     /// A paid request: confirm settlement where required, then count the use and hand it on.

@@ -4,10 +4,11 @@
 use super::admission::{Admission, FLEET_CAS_ATTEMPTS};
 use super::host::{self, HostStore};
 use super::http::{key, Http, Waiting};
+use super::settlements::Charge;
 use crate::fleet::{self, SeenLedger, Swapped};
 use crate::gate::Refusal;
 use crate::lightning::NodeError;
-use crate::meter::{Answer, Ledger, Metered, Reported};
+use crate::meter::{is_grpc_server_error, Answer, Ledger, Metered, Reported};
 use crate::metrics::Counter;
 use crate::response::is_grpc;
 use crate::store;
@@ -28,15 +29,19 @@ pub(super) struct Meter {
     answer: Answer,
 }
 
-/// A charge to apply to a balance in the fleet store, handed to the root context: the request's own
-/// context may end before etcd answers.
-#[derive(Debug, Clone)]
-pub struct Settlement {
-    pub token_id: [u8; 32],
-    pub reserved: u64,
-    pub cost: u64,
-    pub seen: SeenLedger,
-    pub attempt: u8,
+/// The response's status; for gRPC, whose errors come as 200, a server error in `grpc-status`
+/// (sent with the headers when the answer is only an error) reads as 500.
+fn response_status() -> u32 {
+    let status = host::response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+    match host::response_header("grpc-status").and_then(|code| code.parse().ok()) {
+        Some(code) if is_grpc_server_error(code) => 500,
+        _ => status,
+    }
+}
+
+/// A response announces trailers: gRPC always ends in them; HTTP/1.1 names them in `Trailer`.
+fn trailers_may_follow() -> bool {
+    host::response_header("content-type").is_some_and(|t| is_grpc(&t)) || host::response_header("trailer").is_some()
 }
 
 impl Admission {
@@ -54,11 +59,18 @@ impl Http {
         let token_id = &admission.identifier.token_id;
         let amount = terms.reserve_msat;
         if let Some(fleet) = &shared.config.fleet {
-            // The first attempt assumes the balance is new; etcd writes it only if it is.
-            let Some(held) = admission.bundle().reserve(amount) else {
-                return self.exhausted(admission, admission.bundle(), amount);
-            };
-            let request = fleet::put_ledger(&fleet::balance_key(&fleet.prefix, token_id), None, &held);
+            // The first attempt starts from the balance as this worker last saw it, or assumes it is
+            // new (etcd writes it only if it is); a wrong guess costs a round trip, never a count.
+            let last_seen = shared.ledgers.last_seen(token_id);
+            let (guess, held) =
+                match last_seen.as_ref().and_then(|seen| seen.ledger.reserve(amount).map(|held| (seen, held))) {
+                    Some((seen, held)) => (Some(seen), held),
+                    None => match admission.bundle().reserve(amount) {
+                        Some(held) => (None, held),
+                        None => return self.exhausted(admission, admission.bundle(), amount),
+                    },
+                };
+            let request = fleet::put_ledger(&fleet::balance_key(&fleet.prefix, token_id), guess, &held);
             let waiting = Waiting::Reservation { admission: admission.clone(), held, attempt: 1 };
             return self.call(&fleet.endpoint, &request, waiting);
         }
@@ -84,9 +96,15 @@ impl Http {
         let now = match answer {
             Ok(Swapped::Written { revision }) => {
                 let written = SeenLedger { ledger: held, mod_revision: revision };
+                shared.ledgers.remember(admission.identifier.token_id, written.clone());
                 return self.metered_pass(&admission, terms, held, Some(written));
             }
-            Ok(Swapped::Changed(now)) => now,
+            Ok(Swapped::Changed(now)) => {
+                if let Some(seen) = &now {
+                    shared.ledgers.remember(admission.identifier.token_id, seen.clone());
+                }
+                now
+            }
             Err(error) => return self.store_failure(&error, Some(&admission)),
         };
         let current = now.as_ref().map_or_else(|| admission.bundle(), |seen| seen.ledger);
@@ -127,26 +145,24 @@ impl Http {
     }
 
     /// The upstream's response headers: the cost reported there is charged now; without one, a
-    /// response that may end in trailers waits for them.
+    /// response that may end in trailers waits for them. The status is read only where no cost
+    /// came, the one case it decides.
     pub(super) fn meter_response_headers(&mut self, end_of_stream: bool) {
         let Some(meter) = self.meter.as_mut() else { return };
-        let status = host::response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
-        meter.answer = Answer::Status(status);
         let cost_header = meter.terms.cost_header.clone();
         let reported = Reported::read(host::response_header(&cost_header).as_deref());
         let balance_header = self.shared.config.upstream_headers.balance_msat.clone();
-        if reported != Reported::Missing {
-            host::set_response_header(&cost_header, None);
-        }
-        let trailers_may_follow = !end_of_stream
-            && (host::response_header("content-type").is_some_and(|t| is_grpc(&t))
-                || host::response_header("trailer").is_some());
-        if reported == Reported::Missing && trailers_may_follow {
-            // The balance the upstream may have echoed is not the client's to read yet.
-            if let Some(name) = &balance_header {
-                host::set_response_header(name, None);
+        if reported == Reported::Missing {
+            meter.answer = Answer::Status(response_status());
+            if !end_of_stream && trailers_may_follow() {
+                // The balance the upstream may have echoed is not the client's to read yet.
+                if let Some(name) = &balance_header {
+                    host::set_response_header(name, None);
+                }
+                return;
             }
-            return;
+        } else {
+            host::set_response_header(&cost_header, None);
         }
         let balance = self.settle(reported);
         if let (Some(name), Some(balance)) = (&balance_header, balance) {
@@ -156,10 +172,16 @@ impl Http {
 
     /// The response's trailers: where a streaming upstream reports the cost.
     pub(super) fn meter_response_trailers(&mut self) {
-        let Some(meter) = self.meter.as_ref() else { return };
+        let Some(meter) = self.meter.as_mut() else { return };
         let cost_trailer = meter.terms.cost_header.clone();
         let reported = Reported::read(host::response_trailer(&cost_trailer).as_deref());
-        if reported != Reported::Missing {
+        if reported == Reported::Missing {
+            // A gRPC call's outcome is in its trailers.
+            let code = host::response_trailer("grpc-status").and_then(|code| code.parse().ok());
+            if code.is_some_and(is_grpc_server_error) {
+                meter.answer = Answer::Status(500);
+            }
+        } else {
             host::set_response_trailer(&cost_trailer, None);
         }
         let balance = self.settle(reported);
@@ -186,9 +208,7 @@ impl Http {
             Some(seen) => {
                 let (after, charged) = seen.ledger.settle(meter.reserved, cost);
                 shared.service_counts.charged(&meter.service, charged);
-                let settlement =
-                    Settlement { token_id: meter.token_id, reserved: meter.reserved, cost, seen, attempt: 0 };
-                shared.settlements.borrow_mut().push(settlement);
+                shared.ledgers.hand_over(meter.token_id, Charge { reserved: meter.reserved, cost }, seen);
                 Some(after.balance_msat())
             }
             None => match store::settle(&HostStore, &key("balance", &meter.token_id), meter.reserved, cost) {

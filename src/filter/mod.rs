@@ -12,6 +12,7 @@ mod host;
 mod http;
 mod metering;
 mod root;
+mod settlements;
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{

@@ -3,10 +3,10 @@
 
 use super::host::{self, Host};
 use super::http::{Http, Misconfigured};
-use super::metering::Settlement;
+use super::settlements::{Ledgers, Settlements};
 use crate::config::Config;
 use crate::discovery::Manifest;
-use crate::fleet::{self, Swapped};
+use crate::fleet;
 use crate::gate::VerifiedCache;
 use crate::lightning::MAX_RESPONSE_BYTES;
 use crate::metrics::{Counter, Pending, ServiceCounts, CALLOUT_LATENCY_MS, SERVICE_PAID_MSAT, SERVICE_PAID_REQUESTS};
@@ -14,7 +14,7 @@ use crate::pricing::QuoteCache;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel, MetricType};
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -41,8 +41,8 @@ pub struct Shared {
     pub host: Cell<Option<Host>>,
     /// The discovery manifest, rendered once, if enabled.
     pub manifest: Option<Manifest>,
-    /// Charges of metered requests for the fleet store, sent by the root context.
-    pub settlements: RefCell<Vec<Settlement>>,
+    /// Metered charges for the fleet store, handed to the root context, and balances last seen.
+    pub ledgers: Ledgers,
 }
 
 impl Shared {
@@ -67,8 +67,8 @@ pub struct Root {
     /// When the fleet's revocation list is next read (unix seconds), and the call reading it.
     next_revocation_poll: u64,
     polling: Option<u32>,
-    /// Charges sent to the fleet store, by call.
-    settling: HashMap<u32, Settlement>,
+    /// Metered charges on their way to the fleet store.
+    settlements: Settlements,
     /// Ticks until the counts are next published.
     ticks_to_publish: u32,
 }
@@ -87,63 +87,35 @@ impl Root {
             shared.count(Counter::StoreErrors);
         }
     }
+}
 
-    /// Sends each pending charge as a compare-and-swap on its balance, from the ledger last seen.
+impl Root {
     fn send_settlements(&mut self, shared: &Shared) {
         let Some(fleet) = &shared.config.fleet else { return };
-        let pending = std::mem::take(&mut *shared.settlements.borrow_mut());
-        for settlement in pending {
-            let (after, _) = settlement.seen.ledger.settle(settlement.reserved, settlement.cost);
-            let key = fleet::balance_key(&fleet.prefix, &settlement.token_id);
-            match host::dispatch(&fleet.endpoint, &fleet::put_ledger(&key, Some(&settlement.seen), &after)) {
-                Ok(call) => {
-                    self.settling.insert(call, settlement);
-                }
-                Err(()) => retry_settlement(shared, settlement, "could not dispatch"),
-            }
-        }
-    }
-
-    /// The fleet store answered a charge: done, or again from the ledger as it is now.
-    fn settlement_answered(&mut self, shared: &Shared, settlement: Settlement, body: &[u8]) {
-        match fleet::parse_ledger(host::call_response_status(), body) {
-            Ok(Swapped::Written { .. }) => {}
-            Ok(Swapped::Changed(Some(seen))) => {
-                shared.settlements.borrow_mut().push(Settlement { seen, ..settlement });
-                self.send_settlements(shared);
-            }
-            Ok(Swapped::Changed(None)) => {
-                host::log(LogLevel::Warn, "a metered balance vanished from the fleet store before its charge");
-            }
-            Err(error) => retry_settlement(shared, settlement, &error.to_string()),
-        }
+        let failures = self.settlements.send(fleet, &shared.ledgers);
+        report(shared, &failures);
     }
 }
 
-/// Compare-and-swap rounds (and failed sends) for one charge before it is given up.
-const SETTLEMENT_ATTEMPTS: u8 = 32;
-
-/// Keeps a charge for the next tick, unless it has been tried too often: a charge given up leaves
-/// the reservation charged in full, never less.
-fn retry_settlement(shared: &Shared, settlement: Settlement, why: &str) {
-    shared.count(Counter::StoreErrors);
-    let attempt = settlement.attempt.saturating_add(1);
-    if attempt >= SETTLEMENT_ATTEMPTS {
-        host::log(
-            LogLevel::Warn,
-            &format!("fleet store: a metered charge was given up ({why}); its reservation stays charged"),
-        );
-        return;
+/// Failed steps of metered charges: counted as store errors, and logged.
+fn report(shared: &Shared, failures: &[String]) {
+    for failure in failures {
+        shared.count(Counter::StoreErrors);
+        host::log(LogLevel::Warn, &format!("fleet store: {failure}"));
     }
-    shared.settlements.borrow_mut().push(Settlement { attempt, ..settlement });
 }
 
 impl Context for Root {
     fn on_http_call_response(&mut self, call: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
         let Some(shared) = self.shared.clone() else { return };
-        if let Some(settlement) = self.settling.remove(&call) {
+        if self.settlements.owns(call) {
             let body = host::call_response_body(body_size.min(MAX_RESPONSE_BYTES));
-            return self.settlement_answered(&shared, settlement, &body);
+            let answer = fleet::parse_ledger(host::call_response_status(), &body);
+            let failures = self.settlements.answered(call, answer, &shared.ledgers);
+            if failures.is_empty() {
+                self.send_settlements(&shared);
+            }
+            return report(&shared, &failures);
         }
         self.polling = None;
         let Some(fleet) = &shared.config.fleet else { return };
@@ -191,7 +163,7 @@ impl RootContext for Root {
                     quotes: RefCell::new(QuoteCache::default()),
                     latency_metric: host::define_metric(MetricType::Histogram, CALLOUT_LATENCY_MS),
                     host: Cell::new(None),
-                    settlements: RefCell::new(Vec::new()),
+                    ledgers: Ledgers::default(),
                 }));
                 host::set_tick_period(TICK);
                 true

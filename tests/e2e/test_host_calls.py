@@ -180,3 +180,42 @@ def test_redemption(browser_host):
     request, calls = browser_host.request(headers)
     assert request.response is not None and request.response[0] == 303 and not request.callouts
     assert calls == REDEMPTION, calls
+
+
+# -- a metered route (`metered`) ----------------------------------------------------------------------
+
+METERED_CONFIG = {**CONFIG, "routes": [
+    {"match": {"path_prefix": "/health"}, "free": True},
+    {"match": {"path_prefix": "/llm/"}, "service": "llm", "price_sat": 100, "lifetime_s": 3600,
+     "metered": {"reserve_msat": 20000, "max_cost_msat": 50000}},
+]}
+SHARED = ["proxy_get_shared_data", "proxy_set_shared_data"]
+# The paid path's calls, the reservation (a read and a compare-and-swap of the balance in shared
+# data), and the reserved amount and the balance for the upstream; on the answer, the cost header
+# read and removed, the charge (a read and a compare-and-swap) and the client's balance set.
+METERED_PAID = [READ] * 3 + [TIME] + SHARED + [REMOVE] + [SET] * 5 + [READ, REMOVE] + SHARED + [SET]
+# No cost reported: the status (and gRPC's) decide, and whether trailers may bring the cost.
+METERED_NO_COST = [READ] * 3 + [TIME] + SHARED + [REMOVE] + [SET] * 5 + [READ] * 5 + SHARED + [SET]
+
+
+def metered_credential() -> str:
+    preimage = secrets.token_bytes(32)
+    mac, _ = py_mint(SECRET, ["services=llm:0"], preimage=preimage)
+    return credential(mac, preimage)
+
+
+def test_metered_paid_request(wasm):
+    h = Host(str(wasm), json.dumps(METERED_CONFIG))
+    h.request(BASE + [(":path", "/health")])
+    auth = metered_credential()
+    request, calls = h.request(BASE + [(":path", "/llm/chat"), ("authorization", auth)],
+                               response=[(":status", "200"), ("x-l402-cost-msat", "7000")])
+    assert request.continued and not request.callouts
+    assert calls == METERED_PAID, calls
+    sent = dict(request.headers)
+    assert (sent["x-l402-reserved-msat"], sent["x-l402-balance-msat"]) == ("20000", "80000")
+    answered = dict(request.response_headers)
+    assert "x-l402-cost-msat" not in answered and answered["x-l402-balance-msat"] == "93000"
+    request, calls = h.request(BASE + [(":path", "/llm/chat"), ("authorization", auth)])
+    assert calls == METERED_NO_COST, calls
+    assert dict(request.response_headers)["x-l402-balance-msat"] == "73000", "no cost: the reservation"

@@ -103,11 +103,14 @@ def full() -> dict[str, Any]:
             # The page alone serves any dialect.
             {"match": {"path_prefix": "/pay/"}, "service": "pay", "price_msat": 2000, "schemes": ["payment"],
              "browser": {}},
+            # Metered: L402 alone (a Payment charge buys one request, not a balance).
+            {"match": {"path_prefix": "/chat/"}, "service": "chat", "price_sat": 100, "schemes": ["l402"],
+             "metered": {"reserve_msat": 20000, "max_cost_msat": 50000, "cost_header": "X-Usage-Msat"}},
         ],
         "unmatched": "free",
         "challenge": {"lsat_header": False, "invalid_credential_status": 401},
         "upstream_headers": {"strip_credential": False, "token_id": "X-Token", "service": None,
-                             "price_msat": "x-paid-msat"},
+                             "price_msat": "x-paid-msat", "reserved_msat": "X-Held-Msat", "balance_msat": "x-left-msat"},
         "revoked": ["ab" * 32, "CD" * 32],
         "challenge_limit": {"burst": 20, "per_minute": 60},
         "client_network": {"ipv4_prefix": 32, "ipv6_prefix": 0},
@@ -201,6 +204,24 @@ HAND_WRITTEN: dict[str, Any] = {
          "browser": {"cookie": True, "cookie_secure": None}},
         {"match": {"path": "/page;v=1"}, "service": "page", "price_sat": 2, "browser": {"cookie": False}},
         {"match": {}, "free": True, "browser": None}]},
+    # Metered routes: the defaults (max_cost_msat = reserve_msat, x-l402-cost-msat), every field, the
+    # nulls, a reserve equal to the price; the metering headers renamed; a free route may write
+    # metered: null.
+    "metered": {**minimal(), "upstream_headers": {"reserved_msat": "X-Held-Msat", "balance_msat": "x-left-msat"},
+                "routes": [
+        {"match": {"path": "/health"}, "free": True, "metered": None},
+        {"match": {"path_prefix": "/chat/"}, "service": "chat", "price_sat": 100, "metered": {"reserve_msat": 20000}},
+        {"match": {"path_prefix": "/embed/"}, "service": "embed", "price_msat": 50000, "schemes": ["l402"],
+         "lifetime_s": 3600, "metered": {"reserve_msat": 500, "max_cost_msat": 50000, "cost_header": "X-Usage-Msat"}},
+        {"match": {"path_prefix": "/img/"}, "service": "img", "price_sat": 10,
+         "metered": {"reserve_msat": 10000, "max_cost_msat": None, "cost_header": None}},
+        {"match": {}, "service": "plain", "price_sat": 1, "metered": None, "uses": 3}]},
+    # The metering headers turned off; the Payment default left by the metered route alone.
+    "metered-headers-null": {**minimal(), "schemes": ["l402", "payment"],
+                             "upstream_headers": {"reserved_msat": None, "balance_msat": None},
+                             "routes": [{"match": {"path": "/pay"}, "service": "pay", "price_sat": 1},
+                                        {"match": {}, "service": "chat", "price_sat": 5, "schemes": ["l402"],
+                                         "metered": {"reserve_msat": 1, "max_cost_msat": 5000}}]},
     "payment-empty-object": {**minimal(), "payment": {}, "routes": [
         {"match": {}, "service": "api", "price_sat": 1, "schemes": ["payment"]}]},
 }
@@ -340,6 +361,10 @@ def REALM_EDGES() -> dict[str, Any]:
 
 def BROWSER() -> dict[str, Any]:
     return copy.deepcopy(HAND_WRITTEN["browser-defaults"])
+
+
+def METERED() -> dict[str, Any]:
+    return copy.deepcopy(HAND_WRITTEN["metered"])
 
 
 # (id, base, path, new value, the field the parser names)
@@ -697,6 +722,64 @@ INVALID: list[tuple[str, Callable[[], dict[str, Any]], str, Any, str]] = [
     ("cookie-path-semicolon-prefix", full, "routes.1.match.path_prefix", "/v1;x/", "routes[1].browser.cookie"),
     ("cookie-path-semicolon-glob", BROWSER, "routes.0.match.path_glob", "/files;v2/**", "routes[0].browser.cookie"),
     ("cookie-path-semicolon-exact", BROWSER, "routes.1.browser.cookie", True, "routes[1].browser.cookie"),
+    # metered: its shape
+    ("unknown-metered", METERED, "routes.1.metered.surprise", 1, "routes[1].metered.surprise"),
+    ("metered-number", METERED, "routes.1.metered", 20000, "routes[1].metered"),
+    ("metered-string", METERED, "routes.1.metered", "20000", "routes[1].metered"),
+    ("metered-true", METERED, "routes.1.metered", True, "routes[1].metered"),
+    ("metered-as-array", METERED, "routes.1.metered", [20000], "routes[1].metered"),
+    ("metered-empty", METERED, "routes.1.metered", {}, "routes[1].metered"),
+    ("metered-missing-reserve", METERED, "routes.2.metered.reserve_msat", DELETE, "routes[2].metered"),
+    ("reserve-zero", METERED, "routes.1.metered.reserve_msat", 0, "routes[1].metered.reserve_msat"),
+    ("reserve-negative", METERED, "routes.1.metered.reserve_msat", -1, "routes[1].metered.reserve_msat"),
+    ("reserve-null", METERED, "routes.1.metered.reserve_msat", None, "routes[1].metered.reserve_msat"),
+    ("reserve-string", METERED, "routes.1.metered.reserve_msat", "20000", "routes[1].metered.reserve_msat"),
+    ("reserve-float", METERED, "routes.1.metered.reserve_msat", 20000.5, "routes[1].metered.reserve_msat"),
+    ("reserve-over-u64", METERED, "routes.1.metered.reserve_msat", 18446744073709551616,
+     "routes[1].metered.reserve_msat"),
+    ("max-cost-zero", METERED, "routes.2.metered.max_cost_msat", 0, "routes[2].metered.max_cost_msat"),
+    ("max-cost-negative", METERED, "routes.2.metered.max_cost_msat", -1, "routes[2].metered.max_cost_msat"),
+    ("max-cost-string", METERED, "routes.2.metered.max_cost_msat", "50000", "routes[2].metered.max_cost_msat"),
+    ("max-cost-float", METERED, "routes.3.metered.max_cost_msat", 20000.5, "routes[3].metered.max_cost_msat"),
+    ("cost-header-space", METERED, "routes.2.metered.cost_header", "x usage", "routes[2].metered.cost_header"),
+    ("cost-header-empty", METERED, "routes.2.metered.cost_header", "", "routes[2].metered.cost_header"),
+    ("cost-header-underscore", METERED, "routes.2.metered.cost_header", "x_usage", "routes[2].metered.cost_header"),
+    ("cost-header-colon", METERED, "routes.3.metered.cost_header", "x:cost", "routes[3].metered.cost_header"),
+    ("cost-header-trailing-newline", METERED, "routes.2.metered.cost_header", "x-usage\n",
+     "routes[2].metered.cost_header"),
+    ("cost-header-unicode", METERED, "routes.2.metered.cost_header", "x-coût", "routes[2].metered.cost_header"),
+    ("cost-header-number", METERED, "routes.2.metered.cost_header", 5, "routes[2].metered.cost_header"),
+    # metered: a free route has none (its shape is checked first), nor a paid route with uses or
+    # dynamic_price
+    ("free-with-metered", METERED, "routes.0.metered", {"reserve_msat": 1}, "routes[0].free"),
+    ("free-with-metered-full", full, "routes.0.metered", {"reserve_msat": 1000, "cost_header": "x-cost"},
+     "routes[0].free"),
+    ("free-with-metered-no-reserve", METERED, "routes.0.metered", {"max_cost_msat": 1}, "routes[0].metered"),
+    ("metered-with-uses", METERED, "routes.1.uses", 5, "routes[1].uses"),
+    ("metered-with-uses-full", full, "routes.5.uses", 1, "routes[5].uses"),
+    ("uses-route-gets-metered", METERED, "routes.4.metered", {"reserve_msat": 1}, "routes[4].uses"),
+    ("metered-with-dynamic-price", full, "routes.5.dynamic_price", True, "routes[5].dynamic_price"),
+    ("dynamic-route-gets-metered", DYNAMIC, "routes.0.metered", {"reserve_msat": 1}, "routes[0].dynamic_price"),
+    # metered needs L402 tokens: not where the route's schemes, or the top-level ones, offer Payment
+    ("metered-route-schemes-payment", METERED, "routes.2.schemes", ["payment"], "routes[2].metered"),
+    ("metered-route-schemes-both", METERED, "routes.2.schemes", ["l402", "payment"], "routes[2].metered"),
+    ("metered-top-schemes-both", METERED, "schemes", ["l402", "payment"], "routes[1].metered"),
+    ("metered-top-schemes-payment-only", METERED, "schemes", ["payment"], "routes[1].metered"),
+    ("metered-route-schemes-removed", full, "routes.5.schemes", DELETE, "routes[5].metered"),
+    ("metered-route-schemes-null", full, "routes.5.schemes", None, "routes[5].metered"),
+    # the metering headers
+    ("reserved-header-space", METERED, "upstream_headers.reserved_msat", "x held", "upstream_headers.reserved_msat"),
+    ("reserved-header-number", METERED, "upstream_headers.reserved_msat", 5, "upstream_headers.reserved_msat"),
+    ("reserved-header-macaroon", METERED, "upstream_headers.reserved_msat", "Macaroon",
+     "upstream_headers.reserved_msat"),
+    ("balance-header-empty", METERED, "upstream_headers.balance_msat", "", "upstream_headers.balance_msat"),
+    ("balance-header-authorization", full, "upstream_headers.balance_msat", "authorization",
+     "upstream_headers.balance_msat"),
+    ("balance-header-trailing-newline", METERED, "upstream_headers.balance_msat", "x-left\n",
+     "upstream_headers.balance_msat"),
+    # without a metered route the filter sets neither header, but their names are checked all the same
+    ("balance-header-bad-unmetered", minimal, "upstream_headers", {"balance_msat": "x left"},
+     "upstream_headers.balance_msat"),
     # challenge.invalid_credential_status
     ("invalid-status-403", full, "challenge.invalid_credential_status", 403, "challenge.invalid_credential_status"),
     ("invalid-status-400", full, "challenge.invalid_credential_status", 400, "challenge.invalid_credential_status"),
@@ -730,11 +813,12 @@ def test_invalid_cases_start_from_valid_bases(tmp_path):
 
 def test_scheme_rules_agree_with_the_parser(tmp_path):
     """The rules that join a route's schemes with the top-level default (Payment prices in whole
-    satoshis, uses only with L402, a free route has no schemes), over every combination: the schema
-    and the parser give the same verdict."""
+    satoshis, uses and metered only with L402, a free route has no schemes), over every combination:
+    the schema and the parser give the same verdict."""
     lists = [DELETE, None, ["l402"], ["payment"], ["l402", "payment"], ["payment", "l402"]]
     paid = [{"price_sat": 2}, {"price_msat": 2000}, {"price_msat": 2500}, {"price_msat": 2500, "uses": 3},
-            {"price_sat": 2, "uses": 3}, {"price_sat": 2, "uses": None}]
+            {"price_sat": 2, "uses": 3}, {"price_sat": 2, "uses": None}, {"price_sat": 2, "metered": {"reserve_msat": 1}},
+            {"price_msat": 2500, "metered": {"reserve_msat": 1}}, {"price_sat": 2, "metered": None}]
     disagree, verdicts = [], set()
     for top in lists:
         for own in lists:
@@ -761,7 +845,9 @@ def _dup_price() -> dict[str, Any]:
 
 
 # Configs the schema accepts and the parser refuses (Kong accepts them, then the filter refuses the
-# config when it starts): documented in docs/kong.md. (id, config, environment, field).
+# config when it starts): documented in docs/kong.md and the schema's description. Draft 4 compares
+# no two values: a metered route's reserve against its price and its max_cost_msat, its cost_header
+# against the upstream_headers names (nor those names against each other). (id, config, environment, field).
 SCHEMA_CANNOT_CHECK = [
     ("service-priced-twice", _dup_price(), ENV, "routes[2].service"),
     ("memo-over-639-bytes", mutate(full(), "invoice.memo", "é" * 320), ENV, "invoice.memo"),
@@ -771,6 +857,30 @@ SCHEMA_CANNOT_CHECK = [
     # An authority of non-ASCII white space only: the parser trims it (Rust's str::trim) to nothing;
     # the schema's patterns use ASCII classes (as Kong's byte-wise PCRE sees them).
     ("authority-only-unicode-space", mutate(minimal(), "node.authority", "\u3000"), ENV, "node.authority"),
+    ("metered-reserve-over-sat-price", mutate(METERED(), "routes.1.metered.reserve_msat", 100001), ENV,
+     "routes[1].metered.reserve_msat"),
+    ("metered-reserve-over-price-by-1", mutate(METERED(), "routes.3.metered.reserve_msat", 10001), ENV,
+     "routes[3].metered.reserve_msat"),
+    ("metered-max-cost-under-reserve", mutate(METERED(), "routes.2.metered.max_cost_msat", 499), ENV,
+     "routes[2].metered.max_cost_msat"),
+    # The names compare case-insensitively: a configured one, and the defaults.
+    ("metered-cost-header-configured-name", mutate(METERED(), "routes.2.metered.cost_header", "x-held-msat"), ENV,
+     "routes[2].metered.cost_header"),
+    ("metered-cost-header-full", mutate(full(), "routes.5.metered.cost_header", "x-token"), ENV,
+     "routes[5].metered.cost_header"),
+    ("metered-cost-header-default-name", mutate(METERED(), "routes.1.metered.cost_header", "X-L402-Token-Id"), ENV,
+     "routes[1].metered.cost_header"),
+    ("metered-cost-header-default-balance",
+     mutate(mutate(METERED(), "upstream_headers", DELETE), "routes.3.metered.cost_header", "X-L402-Balance-Msat"),
+     ENV, "routes[3].metered.cost_header"),
+    # A header the answer cannot lose (the cost header is removed from every answer).
+    ("metered-cost-header-grpc-status", mutate(METERED(), "routes.2.metered.cost_header", "Grpc-Status"), ENV,
+     "routes[2].metered.cost_header"),
+    ("metered-cost-header-framing", mutate(METERED(), "routes.2.metered.cost_header", "content-length"), ENV,
+     "routes[2].metered.cost_header"),
+    # One header, two values.
+    ("upstream-headers-same-name", mutate(full(), "upstream_headers.service", "x-token"), ENV,
+     "upstream_headers.service"),
 ]
 
 

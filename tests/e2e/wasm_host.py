@@ -50,6 +50,7 @@ class Request:
     response: tuple[int, list[tuple[str, str]], bytes] | None = None  # a local response, if sent
     callouts: list[dict[str, Any]] = field(default_factory=list)
     continued: bool = False
+    response_headers: list[tuple[str, str]] = field(default_factory=list)  # the upstream's answer
 
 
 class Host:
@@ -96,6 +97,8 @@ class Host:
     def _map(self, kind: int) -> list[tuple[str, str]]:
         if kind == MAP_REQUEST_HEADERS and self.current:
             return self.current.headers
+        if kind == MAP_RESPONSE_HEADERS and self.current:
+            return self.current.response_headers
         if kind == MAP_CALL_RESPONSE_HEADERS:
             return self.call_response[0]
         return []
@@ -256,19 +259,21 @@ class Host:
         return 0
 
     # -- driving the module --------------------------------------------------------------------
-    def request(self, headers: list[tuple[str, str]], properties: dict[str, bytes] | None = None
-                ) -> tuple[Request, list[str]]:
-        """One request through its header phases: the request, and the host calls the module made
-        in them (with the upstream's answer headers when the request went on)."""
+    def request(self, headers: list[tuple[str, str]], properties: dict[str, bytes] | None = None,
+                response: list[tuple[str, str]] | None = None) -> tuple[Request, list[str]]:
+        """One request through its header phases and its log: the request, and the host calls the
+        module made (with the upstream's answer headers, `response`, when the request went on)."""
         context = self.next_context
         self.next_context += 1
-        self.current = Request([(k.lower(), v) for k, v in headers], properties or {})
+        self.current = Request([(k.lower(), v) for k, v in headers], properties or {},
+                               response_headers=[(k.lower(), v) for k, v in response or [(":status", "200")]])
         self.exports["proxy_on_context_create"](self.store, context, ROOT_ID)
         start = len(self.calls)
         action = self.exports["proxy_on_request_headers"](self.store, context, len(headers), 1)
         self.current.continued = action == 0
         if self.current.continued:
-            self.exports["proxy_on_response_headers"](self.store, context, 0, 0)
+            self.exports["proxy_on_response_headers"](self.store, context, len(self.current.response_headers), 0)
+        self.exports["proxy_on_log"](self.store, context)
         made = self.calls[start:]
         self.exports["proxy_on_done"](self.store, context)
         self.exports["proxy_on_delete"](self.store, context)

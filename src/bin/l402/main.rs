@@ -1,5 +1,5 @@
 //! `l402`: the operator's command line. Mint tokens (free trials, tests), inspect and verify them,
-//! and check a filter configuration before deploying it. Secrets are read from a file or an
+//! check a filter configuration before deploying it, and read or credit metered balances. Secrets are read from a file or an
 //! environment variable, never from the command line, where other users could see them.
 //!
 //! Exit statuses: 0 done or valid, 1 refused (a token or a configuration), 2 usage error (bad
@@ -19,6 +19,9 @@
     )
 )]
 
+mod balance;
+
+use balance::BalanceCommand;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use clap_complete::Shell;
 use l402::config::{parse_secret_list, Config, ConfigError};
@@ -68,6 +71,9 @@ enum Group {
     /// Check a filter configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Read or credit a metered token's balance in the fleet's etcd.
+    #[command(subcommand)]
+    Balance(BalanceCommand),
     /// Print a shell completion script.
     Completions(Completions),
 }
@@ -296,6 +302,7 @@ fn run(group: Group) -> CliResult<ExitCode> {
         Group::Payment(PaymentCommand::Inspect(args)) => payment_inspect(&args),
         Group::Payment(PaymentCommand::Verify(args)) => payment_verify(&args),
         Group::Config(ConfigCommand::Check(args)) => config_check(&args),
+        Group::Balance(command) => balance::run(&command),
         Group::Completions(args) => completions(args.shell),
     }
 }
