@@ -177,12 +177,13 @@ def test_concurrent_requests_across_the_fleet_charge_exactly_the_reported_costs(
     assert set(statuses) == {(402, "balance_exhausted")}, statuses
     for i in refused:
         assert_challenge(answers[i], "balance_exhausted", "llm")
+    shown = balance_show(fleet, token)
+    assert {k: shown.get(k) for k in ("token_id", "total_msat", "spent_msat", "balance_msat")} == {
+        "token_id": token_id_of(token), "total_msat": BUNDLE_MSAT, "spent_msat": charged,
+        "balance_msat": BUNDLE_MSAT - charged}, shown
     # What each refusal reported left: never below zero, less than one reservation.
     assert all(0 <= int(answers[i].headers.get(BALANCE, "-1")) < RESERVE for i in refused), \
         [answers[i].headers.get(BALANCE) for i in refused]
-    shown = balance_show(fleet, token)
-    assert shown == {"token_id": token_id_of(token), "total_msat": BUNDLE_MSAT, "spent_msat": charged,
-                     "balance_msat": BUNDLE_MSAT - charged}, shown
 
 
 def exhaust(fleet: dict[str, Any], up: LlmUpstream, token: str) -> list[Any]:
@@ -216,6 +217,7 @@ def assert_credited_pass(fleet: dict[str, Any], up: LlmUpstream, token: str) -> 
     assert settled_to(fleet, token, BUNDLE_MSAT + 1_000) == {"total_msat": BUNDLE_MSAT + 30_000,
                                                             "spent_msat": BUNDLE_MSAT + 1_000}
     assert chat(a, token, "credited-a", tokens=0).status == 200
+    assert settled_to(fleet, token, BUNDLE_MSAT + 1_000)["spent_msat"] == BUNDLE_MSAT + 1_000
 
 
 def test_balance_credit_lets_an_exhausted_bundle_pass_again(fleet, up):
