@@ -740,6 +740,11 @@ def _free_metered(cfg: dict[str, Any]) -> None:
     cfg["routes"][1] = json_copy(METERED_ROUTE)
 
 
+def _upstream_headers_clash(cfg: dict[str, Any]) -> None:
+    cfg["routes"][1] = json_copy(METERED_ROUTE)
+    cfg["upstream_headers"] = {"reserved_msat": "x-meter", "balance_msat": "x-meter"}
+
+
 METERED_REFUSALS = [
     ("with_uses", _route(uses=3), r"routes\[1\]\.(metered|uses)"),
     ("with_payment_scheme", _route(schemes=["l402", "payment"]), r"routes\[1\]\.(metered|schemes)"),
@@ -755,6 +760,12 @@ METERED_REFUSALS = [
     ("cost_header_pseudo", _route(metered={"reserve_msat": 1, "cost_header": ":status"}), r"routes\[1\]\.metered\.cost_header"),
     ("cost_header_non_ascii", _route(metered={"reserve_msat": 1, "cost_header": "x-cöst"}), r"routes\[1\]\.metered\.cost_header"),
     ("on_a_free_route", _free_metered, r"routes\[0\]\.(metered|free)"),
+    # Headers the answer cannot lose (framing, gRPC's status, credentials) are no cost header.
+    ("cost_header_framing", _route(metered={"reserve_msat": 1, "cost_header": "content-length"}),
+     r"routes\[1\]\.metered\.cost_header"),
+    ("cost_header_grpc_status", _route(metered={"reserve_msat": 1, "cost_header": "Grpc-Status"}),
+     r"routes\[1\]\.metered\.cost_header"),
+    ("two_headers_one_name", _upstream_headers_clash, r"upstream_headers\.balance_msat"),
 ]
 
 
