@@ -21,9 +21,9 @@ Every request is recorded with its headers (``x-l402-token-id``, ``x-l402-reserv
 ``x-l402-balance-msat``, …) before it is answered.
 
 The gRPC upstream serves ``/l402.test.Llm/Generate`` (server streaming, raw bytes: no protoc): the
-request is JSON ``{"n", "cost", "where", "delay", "id"}``; it streams ``n`` messages, then reports the
-cost in trailing metadata (``where: "trailer"``, the default), in the initial metadata
-(``"header"``) or not at all (``"none"``), and records each call's metadata and whether the client
+request is JSON ``{"n", "cost", "where", "delay", "id", "code"}``; it streams ``n`` messages, then
+reports the cost in trailing metadata (``where: "trailer"``, the default), in the initial metadata
+(``"header"``) or not at all (``"none"``), ends with status ``code`` (default OK), and records each call's metadata and whether the client
 cancelled it.
 """
 
@@ -349,6 +349,8 @@ class GrpcLlm:
                 call.sent += 1
                 yield f"token-{i}".encode()
             call.completed = True
+            if req.get("code"):
+                context.abort(getattr(grpc.StatusCode, req["code"]), "the upstream failed")
 
         handler = grpc.method_handlers_generic_handler(
             GRPC_SERVICE, {"Generate": grpc.unary_stream_rpc_method_handler(generate)})
@@ -368,5 +370,7 @@ class GrpcLlm:
 
 
 def grpc_request(n: int = 3, cost: int | str | None = None, where: str = "trailer", delay: float = 0.0,
-                 id: str = "") -> bytes:
-    return json.dumps({"n": n, "cost": cost, "where": where, "delay": delay, "id": id}).encode()
+                 id: str = "", code: str | None = None) -> bytes:
+    """A request to GrpcLlm; ``code`` (e.g. ``"UNAVAILABLE"``): end with that status after the
+    messages instead of OK."""
+    return json.dumps({"n": n, "cost": cost, "where": where, "delay": delay, "id": id, "code": code}).encode()

@@ -547,6 +547,26 @@ def test_grpc_stream_without_a_cost_charges_the_reservation(gw, grpc_llm, grpc_s
     assert dict(call.trailing_metadata()).get(BALANCE) == str(BUNDLE_MSAT - RESERVE)
 
 
+@pytest.mark.parametrize("code,n,cost,charged", [
+    ("UNAVAILABLE", 3, None, 0), ("INTERNAL", 0, None, 0), ("UNKNOWN", 2, None, 0),
+    ("NOT_FOUND", 0, None, RESERVE), ("INTERNAL", 2, 3_000, 3_000),
+], ids=["unavailable_after_messages", "internal_trailers_only", "unknown", "not_found_is_the_clients",
+        "internal_with_a_cost"])
+def test_grpc_errors_are_charged_like_http(gw, grpc_llm, grpc_stream, code, n, cost, charged):
+    """gRPC errors come as HTTP 200: a server error in grpc-status (UNKNOWN, INTERNAL, UNAVAILABLE…)
+    without a cost charges nothing, like a 5xx; a client error charges the reservation; a reported
+    cost is charged whatever the status."""
+    token = grpc_buy(gw, grpc_stream)
+    call = grpc_stream(grpc_request(n=n, cost=cost, code=code), metadata=[("authorization", token)], timeout=10)
+    with pytest.raises(grpc.RpcError) as info:
+        list(call)
+    assert info.value.code() == getattr(grpc.StatusCode, code), info.value
+    assert COST_HEADER not in dict(info.value.trailing_metadata() or ())
+    call = grpc_stream(grpc_request(n=1, cost=0), metadata=[("authorization", token)], timeout=10)
+    assert len(list(call)) == 1
+    assert grpc_llm.calls[-1].metadata[BALANCE] == str(BUNDLE_MSAT - charged - RESERVE)
+
+
 def test_grpc_client_cancelling_mid_stream_is_charged_the_reservation(gw, grpc_llm, grpc_stream):
     """The stream would report 1000 in its trailers; the client reads one message and cancels: the
     next call (same connection) is told the reservation was charged."""
