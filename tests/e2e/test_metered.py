@@ -318,6 +318,7 @@ def test_an_exhausted_bundle_gets_a_fresh_challenge_and_a_new_bundle_opens_the_r
     r = chat(gw, token, refused_id, tokens=1)
     body = assert_challenge(r, "balance_exhausted", "llm")
     assert body["price_msat"] == BUNDLE_MSAT
+    assert (body["balance_msat"], body["reserve_msat"]) == (10_000, RESERVE), body  # the README's body fields
     mac, invoice = challenge_parts(r)
     assert inspect(mac)["identifier"]["token_id"] != token_id_of(token), "a new bundle, a new token"
     assert bolt11.decode(invoice).amount_msat == BUNDLE_MSAT

@@ -157,6 +157,7 @@ def test_an_exhausted_bundle_gets_a_fresh_challenge_and_a_new_bundle_opens_the_r
     refused_id = rid()
     r = chat(gw, token, refused_id, tokens=1)
     assert_joined_challenge(r, "balance_exhausted")
+    assert (r.json()["balance_msat"], r.json()["reserve_msat"]) == (15_000, RESERVE), r.json()
     mac, invoice = challenge_of(r)
     assert inspect(mac)["identifier"]["token_id"] != token_id_of(token)
     assert refused_id not in [s.id for s in llm.requests()]
