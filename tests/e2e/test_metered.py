@@ -735,6 +735,29 @@ def test_upstream_header_names_are_configurable(lnbits, llm, grpc_llm, wasm):
         gateway.stop()
 
 
+# -- the ledger outlives nothing it should not -----------------------------------------------------
+
+def test_a_restart_does_not_refill_a_spent_bundle(lnbits, llm, grpc_llm, wasm):
+    """The spec's ledger: the balance is created when the challenge is issued and redemption only
+    compare-and-swaps. A token spent to exhaustion, presented to the same gateway restarted (same
+    secret, shared data gone), must not find a fresh bundle."""
+    llm.clear()
+    backend = Backend("lnbits", lnbits)
+    gateway = Gateway(backend, llm.port, ROUTES[:2])
+    try:
+        token = gateway.buy("/v1/chat/x")
+        for _ in range(2):
+            assert chat(gateway, token, rid(), path="/v1/chat/x", tokens=5_000).status == 200
+        assert_challenge(chat(gateway, token, rid(), path="/v1/chat/x"), "balance_exhausted", "llm")
+        gateway.restart()
+        after_id = rid("after")
+        r = chat(gateway, token, after_id, path="/v1/chat/x", tokens=0)
+        assert r.status != 200 and after_id not in [s.id for s in llm.requests()], \
+            (r.status, r.headers.get(BALANCE), "the spent bundle was full again after the restart")
+    finally:
+        gateway.stop()
+
+
 # -- configurations refused at load ---------------------------------------------------------------
 
 METERED_ROUTE = {"match": {"path_prefix": "/v1/"}, "service": "weather", "price_sat": 10, "lifetime_s": 3600,
