@@ -349,6 +349,27 @@ def test_balance_exhausted_is_counted_as_a_refusal(gw, up):
     assert wait_until(lambda: exhausted() >= before + 1, 5), gw.counters()
 
 
+def test_the_per_service_value_is_what_was_charged(lnbits, llm, grpc_llm, wasm):
+    """On a fresh gateway: `l402_service_paid_msat{service="llm"}` is the sum of the charges (capped,
+    nothing for a 5xx), not the bundle's price per request; `l402_service_paid_requests` counts the
+    requests that passed."""
+    llm.clear()
+    gateway = Gateway(Backend("lnbits", lnbits), llm.port, ROUTES[:2])
+    try:
+        token = gateway.buy("/v1/chat/x")
+        assert_settled(chat(gateway, token, rid(), path="/v1/chat/x", tokens=1_234), BUNDLE_MSAT - 12_340)
+        assert chat(gateway, token, rid(), path="/v1/chat/x", status=500).status == 500
+        assert_settled(chat(gateway, token, rid(), path="/v1/chat/x", tokens=9_000), BUNDLE_MSAT - 12_340 - MAX_COST)
+
+        def llm_counters() -> tuple[float | None, float | None]:
+            c = gateway.counters()
+            return c.get('l402_service_paid_requests{service="llm"}'), c.get('l402_service_paid_msat{service="llm"}')
+
+        assert wait_until(lambda: llm_counters() == (3, 12_340 + MAX_COST), 5), llm_counters()
+    finally:
+        gateway.stop()
+
+
 # -- what is charged ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("how", ["status=500", "status=502", "status=503", "reset", "dead"])
