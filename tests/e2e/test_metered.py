@@ -810,6 +810,12 @@ def _upstream_headers_clash(cfg: dict[str, Any]) -> None:
     cfg["upstream_headers"] = {"reserved_msat": "x-meter", "balance_msat": "x-meter"}
 
 
+def _payment_by_default(cfg: dict[str, Any]) -> None:
+    """The route names no schemes; the top-level default offers the Payment scheme."""
+    cfg["routes"][1] = json_copy(METERED_ROUTE)
+    cfg["schemes"] = ["l402", "payment"]
+
+
 METERED_REFUSALS = [
     ("with_uses", _route(uses=3), r"routes\[1\]\.(metered|uses)"),
     ("with_payment_scheme", _route(schemes=["l402", "payment"]), r"routes\[1\]\.(metered|schemes)"),
@@ -831,6 +837,7 @@ METERED_REFUSALS = [
     ("cost_header_grpc_status", _route(metered={"reserve_msat": 1, "cost_header": "Grpc-Status"}),
      r"routes\[1\]\.metered\.cost_header"),
     ("two_headers_one_name", _upstream_headers_clash, r"upstream_headers\.balance_msat"),
+    ("payment_by_the_top_level_default", _payment_by_default, r"routes\[1\]\.(metered|schemes)"),
 ]
 
 
