@@ -35,15 +35,15 @@ ROUTES = [
 
 
 @contextmanager
-def two_gateways(lnbits: Any, **top: Any) -> Iterator[dict[str, Any]]:
-    """A real etcd, the LLM upstream, and two gateways sharing a secret and the etcd (``top``: more
-    top-level plugin settings)."""
+def two_gateways(lnbits: Any, timeout_ms: int | None = None, **top: Any) -> Iterator[dict[str, Any]]:
+    """A real etcd, the LLM upstream, and two gateways sharing a secret and the etcd (``timeout_ms``:
+    the fleet store's; ``top``: more top-level plugin settings)."""
     etcd = Etcd()
     llm = LlmUpstream().start()
     backend = Backend("lnbits", lnbits)
     secret = new_secret()
     settings = {"upstream": "etcd", "authority": f"127.0.0.1:{etcd.port}", "prefix": PREFIX,
-                "revocation_poll_s": 1}
+                "revocation_poll_s": 1, **({"timeout_ms": timeout_ms} if timeout_ms else {})}
     gateways: list[Gateway] = []
     try:
         for _ in range(2):
@@ -262,3 +262,16 @@ def test_contention_never_lets_a_request_pass_uncharged_with_fail_open(lnbits, w
                                   f"(free: {sum(costs[i] for i in unreserved)} msat of reported costs)")
         assert {(r.status, r.json().get("reason")) for r in answers.values() if r.status != 200} <= \
             {(402, "balance_exhausted")}
+
+
+def test_an_etcd_outage_fails_closed_before_the_upstream(lnbits, wasm):
+    """`fail_closed` (the default) applies to the reservation: with etcd down a metered request gets
+    503 and never reaches the upstream."""
+    with two_gateways(lnbits, timeout_ms=300) as f:
+        a, _ = f["gateways"]
+        token = a.buy("/v1/chat/completions")
+        assert chat(a, token, "before", tokens=100).status == 200
+        f["etcd"].stop()
+        r = chat(a, token, "during", tokens=100)
+        assert r.status == 503 and r.json()["reason"] == "gateway_error", (r.status, r.text)
+        assert [s.id for s in f["llm"].requests()] == ["before"]
