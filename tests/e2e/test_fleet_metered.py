@@ -3,8 +3,9 @@ Etcd), invoices from the real LNbits, one bundle drawn on both gateways at once.
 in etcd (`<prefix>balance/<token id>`, `{"total_msat", "spent_msat"}`): a reservation made on one
 gateway is seen by the other, the sum charged equals the sum of the costs the upstream reported for
 the requests that passed, the balance never goes below zero, requests beyond it are refused with
-`balance_exhausted`, and `l402 balance show` / `l402 balance credit` read and top up the same
-record."""
+`balance_exhausted` (never a store error: etcd is only contended, and with `fail_open` no contended
+request passes uncharged), an etcd outage fails closed before the upstream, and `l402 balance show` /
+`l402 balance credit` (or a credit written to etcd) read and top up the same record."""
 
 from __future__ import annotations
 

@@ -5,8 +5,10 @@ before each request and to the client after it, exactly. A 5xx or no answer with
 nothing, a malformed or missing cost charges the reservation, a cost is capped at `max_cost_msat`
 and at what the balance holds, a client that hangs up mid-stream pays the reservation, an exhausted
 bundle is refused with a fresh challenge (`balance_exhausted`) and a new bundle opens the route
-again. Every invalid `metered` configuration is refused at load. Attacks (forged metering headers,
-an exhausted token reused, forged top-ups) neither change a balance nor reach the upstream.
+again, a restart does not refill it, and a quoted price buys a bundle of its size. gRPC server
+errors are charged like 5xx. The per-service paid value is what was charged. Every invalid `metered`
+configuration is refused at load. Attacks (forged metering headers, an exhausted token reused,
+forged top-ups) neither change a balance nor reach the upstream.
 
 The upstreams are metered_support's LLM-like HTTP server and its gRPC streaming server; their
 records of what they received are the ground truth for what passed.
