@@ -276,3 +276,32 @@ def test_an_etcd_outage_fails_closed_before_the_upstream(lnbits, wasm):
         r = chat(a, token, "during", tokens=100)
         assert r.status == 503 and r.json()["reason"] == "gateway_error", (r.status, r.text)
         assert [s.id for s in f["llm"].requests()] == ["before"]
+
+
+def test_a_bundle_is_what_was_paid_when_the_price_changes_before_its_first_use(lnbits, wasm):
+    """The spec: the token carries its bundle as `llm_price_msat`. Bought at 200 sat, first used on a
+    gateway (same secret, same etcd) whose route now costs 300 sat: its balance is 200000."""
+    etcd = Etcd()
+    llm = LlmUpstream().start()
+    backend = Backend("lnbits", lnbits)
+    secret = new_secret()
+    settings = {"upstream": "etcd", "authority": f"127.0.0.1:{etcd.port}", "prefix": PREFIX}
+    dearer = [{**ROUTES[0], "price_sat": 300}]
+    old = new = None
+    try:
+        old = Gateway(backend, llm.port, ROUTES, secrets=secret, template_edit=with_etcd_cluster(etcd.port),
+                      fleet=settings)
+        token = old.buy("/v1/chat/completions")
+        old.stop()
+        new = Gateway(backend, llm.port, dearer, secrets=secret, template_edit=with_etcd_cluster(etcd.port),
+                      fleet=settings)
+        r = chat(new, token, "first", tokens=100)
+        assert r.status == 200, (r.status, r.text)
+        assert llm.by_id("first").copies(BALANCE) == [str(BUNDLE_MSAT - RESERVE)], llm.by_id("first").header_list
+        assert r.headers[BALANCE] == str(BUNDLE_MSAT - 1_000)
+    finally:
+        for g in (old, new):
+            if g is not None:
+                g.stop()
+        llm.stop()
+        etcd.stop()
