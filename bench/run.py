@@ -479,6 +479,12 @@ def main() -> int:
             e = envoy("x-allheaders-direct", "direct", wasm_filter("empty", EMPTY_WASM, "*"))
             targets.append(Target("x-allheaders-direct", "(x) empty filter + the whole header map in one call",
                                   f"http://127.0.0.1:{e.listen}{PATH}", auth, 200, e, c))
+        for way in ("single", "map"):
+            if want(f"x-calls-{way}-direct"):
+                e = envoy(f"x-calls-{way}-direct", "direct", wasm_filter("empty", EMPTY_WASM, f"calls:{way}"))
+                what = "one header at a time (3 reads, 4 writes)" if way == "single" else "the whole map, read and written once"
+                targets.append(Target(f"x-calls-{way}-direct", f"(x) empty filter + the paid path's header work, {what}",
+                                      f"http://127.0.0.1:{e.listen}{PATH}", auth, 200, e, c))
         if want("x-nohandoff-direct"):
             no_handoff = {"strip_credential": False, "token_id": None, "service": None, "price_msat": None}
             e = envoy("x-nohandoff-direct", "direct",
@@ -518,6 +524,12 @@ def main() -> int:
                       fill(template("cluster-lnd.yaml"), LND_PORT=nginx_port))
             targets.append(Target(f"e-fast-c{cc}", "(e) 402 path, instant node (nginx)",
                                   f"http://127.0.0.1:{e.listen}{PATH}", [], 402, e, cc))
+            # Envoy's own floor of that path: an empty filter that makes the same callout and sends a
+            # local 402 of the same size, with none of l402's work.
+            floor = envoy("x-callout-fast", "direct", wasm_filter("empty", EMPTY_WASM, "callout:lnd"),
+                          fill(template("cluster-lnd.yaml"), LND_PORT=nginx_port))
+            targets.append(Target(f"x-callout-fast-c{cc}", "(x) empty filter: the callout and a local 402 only",
+                                  f"http://127.0.0.1:{floor.listen}{PATH}", [], 402, floor, cc))
             targets.append(Target(f"f-fast-c{cc}", "(f) instant node POST /v1/invoices",
                                   f"http://127.0.0.1:{nginx_port}/v1/invoices", invoice_headers, 200, None, cc,
                                   invoice_env, probe=("POST", INVOICE_BODY)))
@@ -663,6 +675,8 @@ def build_results(targets: list[Target], meta: dict[str, Any], args: argparse.Na
         "cpu_us d-a direct": diff("d-direct", "a-direct", "envoy_cpu_us_per_req"),
         "cpu_us x-headers - b direct": diff("x-headers-direct", "b-direct", "envoy_cpu_us_per_req"),
         "cpu_us x-allheaders - b direct": diff("x-allheaders-direct", "b-direct", "envoy_cpu_us_per_req"),
+        "cpu_us x-calls-single - b direct": diff("x-calls-single-direct", "b-direct", "envoy_cpu_us_per_req"),
+        "cpu_us x-calls-map - b direct": diff("x-calls-map-direct", "b-direct", "envoy_cpu_us_per_req"),
         "cpu_us x-free - x-headers direct": diff("x-free-direct", "x-headers-direct", "envoy_cpu_us_per_req"),
         "cpu_us x-nohandoff - x-headers direct": diff("x-nohandoff-direct", "x-headers-direct", "envoy_cpu_us_per_req"),
         "cpu_us c - x-nohandoff direct": diff("c-direct", "x-nohandoff-direct", "envoy_cpu_us_per_req"),
@@ -670,6 +684,10 @@ def build_results(targets: list[Target], meta: dict[str, Any], args: argparse.Na
         "g/b direct": ratio("g-direct", "b-direct"),
         "cpu_us g-b direct": diff("g-direct", "b-direct", "envoy_cpu_us_per_req"),
         "cpu_us g-c direct": diff("g-direct", "c-direct", "envoy_cpu_us_per_req"),
+        # The 402 path over Envoy's own floor for it (a callout and a local reply).
+        "cpu_us e-fast - x-callout": diff(f"e-fast-c{str(args.challenge_connections).split(',')[0]}",
+                                          f"x-callout-fast-c{str(args.challenge_connections).split(',')[0]}",
+                                          "envoy_cpu_us_per_req"),
         # A metered route's paid path beside the flat one: per gateway, and with etcd (1 connection).
         "cpu_us m-c direct": diff("m-direct", "c-direct", "envoy_cpu_us_per_req"),
         "cpu_us m-etcd - c, 1 connection": diff("m-etcd-direct", "c-direct-c1", "envoy_cpu_us_per_req"),

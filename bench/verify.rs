@@ -1,6 +1,7 @@
 //! Native cost of the paid path: parsing and verifying an L402 credential, the gate's decision
 //! with the credential already in the verified cache, and verifying a Payment-scheme charge (never
-//! cached: each is single-use).
+//! cached: each is single-use). And the filter's own work on the 402 path: the invoice request, the
+//! node's answer read, the macaroon minted and the 402 built.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use l402::config::Config;
@@ -90,5 +91,55 @@ fn charge_benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(verify_benches, benches, charge_benches);
+/// The 402 path's work in the filter, stage by stage, as `filter/challenge.rs` runs it for LND.
+fn challenge_benches(c: &mut Criterion) {
+    use l402::lightning::{invoice_request, parse_invoice, InvoiceOrder};
+    use l402::response::{payment_required, Offer};
+    let config_json = format!(
+        r#"{{"secrets":["{SECRET}"],"node":{{"kind":"lnd","upstream":"lnd","authority":"lnd:8080","credential":"00"}},
+            "routes":[{{"match":{{"path_prefix":"/v1/"}},"service":"weather","price_sat":10,"capabilities":["read"],"lifetime_s":3600}}]}}"#
+    );
+    let config = Config::parse(config_json.as_bytes(), &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    let label = hex_encode(&[1; 32]);
+    let order = InvoiceOrder { amount_msat: 10_000, memo: "weather access", expiry_s: 600, label: &label };
+    c.bench_function("402: invoice request", |b| {
+        b.iter(|| invoice_request(config.node.kind, &config.node.credential.0, black_box(&order)))
+    });
+    let answer = format!(
+        r#"{{"r_hash":"{}","payment_request":"lnbcrt100n1{}","add_index":"1","payment_addr":"{}"}}"#,
+        base64_encode(&[3; 32]),
+        "q".repeat(330),
+        base64_encode(&[4; 32])
+    );
+    c.bench_function("402: node answer read", |b| {
+        b.iter(|| {
+            parse_invoice(config.node.kind, Some(200), black_box(answer.as_bytes())).unwrap_or_else(|e| panic!("{e}"))
+        })
+    });
+    let capabilities = vec!["read".to_string()];
+    let grant = Grant {
+        payment_hash: [3; 32],
+        token_id: [1; 32],
+        service: "weather",
+        capabilities: &capabilities,
+        valid_until: Some(4_000_000_000),
+        constraints: &[],
+    };
+    c.bench_function("402: macaroon minted and encoded", |b| {
+        b.iter(|| base64_encode(&mint(&config.secrets, black_box(&grant)).encode()))
+    });
+    let macaroon = base64_encode(&mint(&config.secrets, &grant).encode());
+    let invoice = format!("lnbcrt100n1{}", "q".repeat(330));
+    let offer = Offer {
+        service: "weather",
+        price_msat: 10_000,
+        macaroon_b64: Some(&macaroon),
+        payment: None,
+        invoice: &invoice,
+        expiry_s: 600,
+    };
+    c.bench_function("402: response built", |b| b.iter(|| payment_required(&config, black_box(&offer), None)));
+}
+
+criterion_group!(verify_benches, benches, charge_benches, challenge_benches);
 criterion_main!(verify_benches);
