@@ -125,11 +125,16 @@ impl Http {
     }
 
     pub(super) fn respond(&self, response: &LocalResponse) {
+        self.respond_with(response, None);
+    }
+
+    /// A local response with one header more, named by the configuration.
+    pub(super) fn respond_with(&self, response: &LocalResponse, extra: Option<(&str, &str)>) {
         self.responded.set(true);
         if self.host == Host::Nginx {
-            return self.respond_on_nginx(response);
+            return self.respond_on_nginx(response, extra);
         }
-        respond_now(response);
+        respond_now(response, extra);
     }
 
     /// nginx keeps only the last of repeated headers in a local response (and cannot add to
@@ -137,7 +142,7 @@ impl Http {
     /// allows. It also loses the body of a local response sent right after a failed call (the
     /// call's request buffer is recycled into the response and then emptied with the call), so
     /// that response goes out with its status and headers only.
-    fn respond_on_nginx(&self, response: &LocalResponse) {
+    fn respond_on_nginx(&self, response: &LocalResponse, extra: Option<(&str, &str)>) {
         let mut headers: Vec<(&'static str, String)> = Vec::with_capacity(response.headers.len());
         for (name, value) in &response.headers {
             match headers.iter_mut().find(|(seen, _)| seen == name) {
@@ -149,19 +154,18 @@ impl Http {
             }
         }
         let body = if self.call_failed { String::new() } else { response.body.clone() };
-        respond_now(&LocalResponse { headers, body, ..response.clone() });
+        respond_now(&LocalResponse { headers, body, ..response.clone() }, extra);
     }
 }
 
-/// Sends a local response as it is.
-fn respond_now(response: &LocalResponse) {
+/// Sends a local response as it is (and `extra`).
+fn respond_now(response: &LocalResponse, extra: Option<(&str, &str)>) {
+    let headers = response.headers.iter().map(|(k, v)| (*k, v.as_str())).chain(extra);
     if header("content-type").is_some_and(|t| is_grpc(&t)) {
-        let headers =
-            response.headers.iter().filter(|(k, _)| *k != "content-type").map(|(k, v)| (*k, v.as_bytes())).collect();
+        let headers = headers.filter(|(k, _)| *k != "content-type").map(|(k, v)| (k, v.as_bytes())).collect();
         host::send_grpc_response(response.grpc_status, response.grpc_message, headers);
     } else {
-        let headers = response.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        host::send_response(response.status, headers, response.body.as_bytes());
+        host::send_response(response.status, headers.collect(), response.body.as_bytes());
     }
 }
 
@@ -239,7 +243,14 @@ impl Context for Http {
                             invoice.payment_hash,
                             &invoice.bolt11,
                         );
-                        self.respond(&reply);
+                        // What an exhausted bundle has left, where clients read the balance.
+                        let left = match (&refusal, &config.upstream_headers.balance_msat) {
+                            (Some(Refusal::BalanceExhausted { balance_msat, .. }), Some(name)) => {
+                                Some((name.as_str(), balance_msat.to_string()))
+                            }
+                            _ => None,
+                        };
+                        self.respond_with(&reply, left.as_ref().map(|(name, value)| (*name, value.as_str())));
                     }
                     Err(error) => self.node_failed(&error),
                 }
@@ -436,7 +447,7 @@ impl Context for Misconfigured {}
 
 impl HttpContext for Misconfigured {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        respond_now(&response::misconfigured());
+        respond_now(&response::misconfigured(), None);
         Action::Pause
     }
 }

@@ -47,9 +47,9 @@ fn trailers_may_follow() -> bool {
 }
 
 impl Admission {
-    /// The balance a metered token was bought with: the route's price.
+    /// The balance a metered token was bought with, as the gate read it (see `gate::decide_paid`).
     fn bundle(&self) -> Ledger {
-        Ledger::fresh(self.service.price_msat.unwrap_or(0))
+        Ledger::fresh(self.price_msat.unwrap_or(0))
     }
 }
 

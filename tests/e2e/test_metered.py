@@ -5,7 +5,7 @@ before each request and to the client after it, exactly. A 5xx or no answer with
 nothing, a malformed or missing cost charges the reservation, a cost is capped at `max_cost_msat`
 and at what the balance holds, a client that hangs up mid-stream pays the reservation, an exhausted
 bundle is refused with a fresh challenge (`balance_exhausted`) and a new bundle opens the route
-again, a restart does not refill it, and a quoted price buys a bundle of its size. gRPC server
+again, and a restart does not refill it. gRPC server
 errors are charged like 5xx. The per-service paid value is what was charged. Every invalid `metered`
 configuration is refused at load. Attacks (forged metering headers, an exhausted token reused,
 forged top-ups) neither change a balance nor reach the upstream.
@@ -818,6 +818,11 @@ def _payment_by_default(cfg: dict[str, Any]) -> None:
     cfg["schemes"] = ["l402", "payment"]
 
 
+def _half_metered(cfg: dict[str, Any]) -> None:
+    cfg["routes"][1] = json_copy(METERED_ROUTE)
+    cfg["routes"].insert(2, {"match": {"path_prefix": "/v2/"}, "service": "weather", "price_sat": 10})
+
+
 METERED_REFUSALS = [
     ("with_uses", _route(uses=3), r"routes\[1\]\.(metered|uses)"),
     ("with_payment_scheme", _route(schemes=["l402", "payment"]), r"routes\[1\]\.(metered|schemes)"),
@@ -840,6 +845,10 @@ METERED_REFUSALS = [
      r"routes\[1\]\.metered\.cost_header"),
     ("two_headers_one_name", _upstream_headers_clash, r"upstream_headers\.balance_msat"),
     ("payment_by_the_top_level_default", _payment_by_default, r"routes\[1\]\.(metered|schemes)"),
+    # A bundle has a fixed price (each request's cost is the upstream's to report).
+    ("with_dynamic_price", _route(dynamic_price=True), r"routes\[1\]\.dynamic_price"),
+    # The bundle's token would open the unmetered route of its service without drawing on it.
+    ("metered_on_one_route_of_a_service", _half_metered, r"routes\[2\]\.metered"),
 ]
 
 
@@ -882,31 +891,3 @@ def test_valid_metered_routes_load(upstream, wasm, metered):
     res = Envoy.validate(Envoy(mutated(vars, _route(metered=metered)), vars=vars, env=demo_env()).config_path,
                          env=demo_env())
     assert res.returncode == 0, res.stdout[-3000:]
-
-
-def test_a_quoted_price_buys_a_bundle_of_that_size(lnbits, llm, grpc_llm, wasm):
-    """The spec: the route's price, "or a quoted price", is the bundle's. The operator's pricer quotes
-    60000 msat: the token's balance is 60000 (not a static fallback)."""
-    from test_policy import Pricer, with_pricer_cluster
-    llm.clear()
-    pricer = Pricer()
-    pricer.answer = {"price_msat": 60_000}
-    pricing = {"upstream": "pricer", "authority": f"127.0.0.1:{pricer.port}", "path": "/price", "tls": False,
-               "timeout_ms": 1000, "cache_s": 60, "on_error": "deny"}
-    routes = [{"match": {"path_prefix": "/v1/chat"}, "service": "llm", "dynamic_price": True, "lifetime_s": 3600,
-               "metered": {"reserve_msat": 5_000, "max_cost_msat": 50_000}}]
-    backend = Backend("lnbits", lnbits)
-    try:
-        gateway = Gateway(backend, llm.port, routes, pricing=pricing, template_edit=with_pricer_cluster(pricer.port))
-        try:
-            r = gateway.request("/v1/chat/x")
-            assert r.status == 402 and r.json()["price_msat"] == 60_000, (r.status, r.text)
-            token = gateway.buy("/v1/chat/x")
-            request_id = rid()
-            assert_settled(chat(gateway, token, request_id, path="/v1/chat/x", tokens=100), 59_000)
-            assert llm.by_id(request_id).copies(BALANCE) == ["55000"]
-            assert llm.by_id(request_id).copies("x-l402-price-msat") == ["60000"]
-        finally:
-            gateway.stop()
-    finally:
-        pricer.stop()
