@@ -37,8 +37,10 @@ import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
+
+import pytest
 
 from harness import free_port
 
@@ -374,3 +376,13 @@ def grpc_request(n: int = 3, cost: int | str | None = None, where: str = "traile
     """A request to GrpcLlm; ``code`` (e.g. ``"UNAVAILABLE"``): end with that status after the
     messages instead of OK."""
     return json.dumps({"n": n, "cost": cost, "where": where, "delay": delay, "id": id, "code": code}).encode()
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[LlmUpstream]:
+    """The LLM-like upstream, for a module's tests (imported by them as a fixture)."""
+    up = LlmUpstream().start()
+    try:
+        yield up
+    finally:
+        up.stop()

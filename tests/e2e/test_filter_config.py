@@ -82,13 +82,9 @@ BAD_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("change,unset,expected", [b[1:] for b in BAD_CONFIGS], ids=[b[0] for b in BAD_CONFIGS])
-def test_envoy_refuses_to_start(upstream, clean_upstream, wasm, change, unset, expected):
-    vars = demo_vars(upstream)
-    env = demo_env()
-    if unset:
-        env.pop(unset)
-    envoy = Envoy(mutated(vars, change), vars=vars, env=env)
+def run_to_exit(envoy: Envoy, env: dict[str, str]) -> tuple[int, str]:
+    """Starts Envoy with only `env` of the test's secrets, and waits for it to give up: its exit
+    status and log."""
     base_env = {k: v for k, v in os.environ.items() if k not in ("L402_SECRETS", "LNBITS_INVOICE_KEY")}
     with open(envoy.log_path, "wb") as log:
         proc = subprocess.Popen(envoy.command(), cwd=envoy.dir, env={**base_env, **env}, stdout=log,
@@ -99,7 +95,17 @@ def test_envoy_refuses_to_start(upstream, clean_upstream, wasm, change, unset, e
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    text = envoy.log_text()
+    return rc, envoy.log_text()
+
+
+@pytest.mark.parametrize("change,unset,expected", [b[1:] for b in BAD_CONFIGS], ids=[b[0] for b in BAD_CONFIGS])
+def test_envoy_refuses_to_start(upstream, clean_upstream, wasm, change, unset, expected):
+    vars = demo_vars(upstream)
+    env = demo_env()
+    if unset:
+        env.pop(unset)
+    envoy = Envoy(mutated(vars, change), vars=vars, env=env)
+    rc, text = run_to_exit(envoy, env)
     assert rc != 0, text
     assert FIELD_LINE + expected in text, text
     assert "Unable to create Wasm plugin l402" in text

@@ -19,9 +19,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import re
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 from urllib.parse import urlencode
@@ -33,9 +31,9 @@ import pytest
 from attacks import b64, credential as py_credential, extend, py_mint, raw_request, split
 from harness import Envoy, free_port, http
 from metered_support import (
-    COST_HEADER, GRPC_METHOD, MSAT_PER_TOKEN, GrpcLlm, LlmUpstream, grpc_request, raw_get, wait_until,
+    COST_HEADER, GRPC_METHOD, MSAT_PER_TOKEN, GrpcLlm, LlmUpstream, grpc_request, llm, raw_get, wait_until,
 )
-from test_filter_config import FIELD_LINE, demo_env, demo_vars, mutated, refused
+from test_filter_config import FIELD_LINE, demo_env, demo_vars, mutated, refused, run_to_exit
 from test_filter_support import (
     Backend, Gateway, assert_challenge, challenge_parts, inspect, new_secret, token_id_of,
 )
@@ -106,15 +104,6 @@ class MeteredGateway(Gateway):
         self.secret = secrets or self.secret
         self.envoy = Envoy(self.template, vars=self.vars, env=self.backend.env(self.secret), concurrency=2).start()
         return self
-
-
-@pytest.fixture(scope="module")
-def llm() -> Iterator[LlmUpstream]:
-    up = LlmUpstream().start()
-    try:
-        yield up
-    finally:
-        up.stop()
 
 
 @pytest.fixture(scope="module")
@@ -852,27 +841,13 @@ METERED_REFUSALS = [
 ]
 
 
-def _run_to_exit(envoy: Envoy, env: dict[str, str]) -> tuple[int, str]:
-    base_env = {k: v for k, v in os.environ.items() if k not in ("L402_SECRETS", "LNBITS_INVOICE_KEY")}
-    with open(envoy.log_path, "wb") as log:
-        proc = subprocess.Popen(envoy.command(), cwd=envoy.dir, env={**base_env, **env}, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        rc = proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return rc, envoy.log_text()
-
-
 @pytest.mark.parametrize("change,expected", [c[1:] for c in METERED_REFUSALS], ids=[c[0] for c in METERED_REFUSALS])
 def test_envoy_refuses_an_invalid_metered_route(upstream, clean_upstream, wasm, change, expected):
     """Envoy does not start, its log names the field, `envoy --mode validate` catches it too."""
     vars = demo_vars(upstream)
     env = demo_env()
     envoy = Envoy(mutated(vars, change), vars=vars, env=env)
-    rc, text = _run_to_exit(envoy, env)
+    rc, text = run_to_exit(envoy, env)
     assert rc != 0, text
     assert re.search(re.escape(FIELD_LINE) + expected, text), text[-3000:]
     assert "Unable to create Wasm plugin l402" in text

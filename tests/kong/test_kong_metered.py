@@ -20,7 +20,7 @@ import pytest
 
 from engine import ENGINES, Engine, engine_params
 from kong_common import assert_joined_challenge, challenge_of, config, lnd_node
-from metered_support import COST_HEADER, LlmUpstream, wait_until
+from metered_support import COST_HEADER, LlmUpstream, llm, wait_until  # llm: the upstream fixture
 from test_filter_support import inspect, token_id_of
 
 pytestmark = pytest.mark.parametrize("nginx", engine_params(ENGINES), scope="module")
@@ -35,15 +35,6 @@ ROUTES = [
     {"match": {"path_prefix": "/v1/chat"}, "service": "llm", "price_sat": 100, "lifetime_s": 3600,
      "metered": {"reserve_msat": RESERVE, "max_cost_msat": MAX_COST}},
 ]
-
-
-@pytest.fixture(scope="module")
-def llm() -> Iterator[LlmUpstream]:
-    up = LlmUpstream().start()
-    try:
-        yield up
-    finally:
-        up.stop()
 
 
 @pytest.fixture(scope="module")
