@@ -6,7 +6,7 @@ use crate::config::{Access, Config, HostMatch, NodeKind, PathMatch, Route, Servi
 use crate::l402::caveats::{CAPABILITIES_SUFFIX, METHODS_SUFFIX, PATH_PREFIX_SUFFIX, SERVICES};
 use crate::l402::encoding::hex_encode;
 use crate::policy::path_only;
-use crate::response::{grpc, LocalResponse};
+use crate::response::{grpc, json_text, LocalResponse};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -38,13 +38,12 @@ impl Manifest {
             NodeKind::Cln => "CLN",
             NodeKind::Lnbits => "LNBITS",
         };
-        let body = json!({
+        let body = json_text(&json!({
             "version": VERSION,
             "service": discovery.service,
             "payment_methods": [{ "type": "lightning", "backend": backend }],
             "routes": routes,
-        })
-        .to_string();
+        }));
         let digest = Sha256::digest(body.as_bytes());
         let etag = format!("\"{}\"", hex_encode(digest.get(..16).unwrap_or_default()));
         let cache_control = format!("public, max-age={}", discovery.max_age_s);
@@ -79,7 +78,7 @@ impl Manifest {
     pub fn method_not_allowed() -> LocalResponse {
         let body = json!({ "error": "method_not_allowed", "reason": "method_not_allowed", "detail": "the manifest is read with GET or HEAD" });
         let headers = vec![("allow", "GET, HEAD".to_owned()), ("content-type", "application/json".to_owned())];
-        local(405, headers, body.to_string())
+        local(405, headers, json_text(&body))
     }
 }
 

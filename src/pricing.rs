@@ -29,8 +29,12 @@ pub fn price_request(
     service: &str,
     headers: &[(String, String)],
 ) -> Callout {
-    let headers: Map<String, Value> = headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-    let body = json!({ "method": method, "path": path, "service": service, "headers": headers });
+    // Inserted one by one: collecting would sort the pairs first, and link a sort for this alone.
+    let mut map = Map::new();
+    for (name, value) in headers {
+        map.insert(name.clone(), Value::String(value.clone()));
+    }
+    let body = json!({ "method": method, "path": path, "service": service, "headers": map });
     Callout::post_json(pricing.path.clone(), None, &body)
 }
 

@@ -39,6 +39,12 @@ fn json_response(
     typed_response(status, "application/json", body, headers, grpc)
 }
 
+/// JSON as text, written as the callouts' bodies are: `Value`'s `Display` would link a second
+/// serializer, one for a formatter. Writing a `Value` cannot fail.
+pub(crate) fn json_text(value: &serde_json::Value) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
 fn typed_response(
     status: u32,
     content_type: &str,
@@ -48,7 +54,7 @@ fn typed_response(
 ) -> LocalResponse {
     headers.push(("content-type", content_type.to_owned()));
     headers.push(("cache-control", "no-store".to_owned()));
-    LocalResponse { status, headers, body: body.to_string(), grpc_status, grpc_message }
+    LocalResponse { status, headers, body: json_text(&body), grpc_status, grpc_message }
 }
 
 /// Whether a request's `content-type` makes it gRPC.
@@ -272,7 +278,9 @@ pub fn misconfigured() -> LocalResponse {
 
 /// The body that replaces an upstream answer to a request the filter never admitted.
 pub fn withheld_body() -> String {
-    json!({ "error": "gateway_error", "reason": "not_admitted", "detail": "the gateway resumed a request the paywall did not admit" }).to_string()
+    json_text(
+        &json!({ "error": "gateway_error", "reason": "not_admitted", "detail": "the gateway resumed a request the paywall did not admit" }),
+    )
 }
 
 /// `body` padded with spaces to `declared` bytes, or no body where it does not fit; as it is without a

@@ -32,8 +32,14 @@ fn write_value(out: &mut String, value: &Value) {
             out.push(']');
         }
         Value::Object(members) => {
-            let mut sorted: Vec<(&String, &Value)> = members.iter().collect();
-            sorted.sort_by(|(a, _), (b, _)| a.encode_utf16().cmp(b.encode_utf16()));
+            // The map iterates in code point order, which UTF-16's differs from only where names mix
+            // supplementary characters with U+E000..U+FFFF: placing each member by binary search
+            // keeps that case right without linking a sort, for objects of the gateway's own making.
+            let mut sorted: Vec<(&String, &Value)> = Vec::with_capacity(members.len());
+            for member in members {
+                let at = sorted.partition_point(|(name, _)| name.encode_utf16().lt(member.0.encode_utf16()));
+                sorted.insert(at, member);
+            }
             out.push('{');
             for (i, (name, member)) in sorted.into_iter().enumerate() {
                 if i > 0 {
