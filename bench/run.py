@@ -453,11 +453,20 @@ def main() -> int:
         metered_route = {"match": {"path_prefix": "/"}, "service": SERVICE, "price_msat": 4_000_000_000,
                          "capabilities": ["read"], "metered": {"reserve_msat": 200, "max_cost_msat": 500}}
         reported_cost = '\n                response_headers_to_add: [{ header: { key: x-l402-cost-msat, value: "100" } }]'
+        def bundle(listen: int) -> list[str]:
+            """A bundle bought as a client buys one: the 402, the invoice paid at the simulator."""
+            r = http("GET", f"http://127.0.0.1:{listen}{PATH}", timeout=10)
+            found = re.search(r'L402 macaroon="([^"]+)", invoice="([^"]+)"', r.headers.get("www-authenticate", ""))
+            if r.status != 402 or not found:
+                raise RuntimeError(f"no L402 challenge to buy a bundle: {r.status} {r.text[:300]}")
+            preimage = sim.pay(found.group(2))["payment_preimage"]
+            return [f"Authorization: L402 {found.group(1)}:{preimage}"]
+
         if want("m-direct"):
             e = envoy("m-direct", "direct", wasm_filter("l402", L402_WASM, l402_config(route=metered_route)), lnd_plain,
                       route_extra=reported_cost)
             targets.append(Target("m-direct", "(m) l402, metered: reservation and charge in shared data",
-                                  f"http://127.0.0.1:{e.listen}{PATH}", auth, 200, e, c))
+                                  f"http://127.0.0.1:{e.listen}{PATH}", bundle(e.listen), 200, e, c))
         if want("m-etcd-direct"):
             from test_fleet import Etcd  # the fleet tests' etcd on loopback
             etcd = Etcd()
@@ -468,7 +477,7 @@ def main() -> int:
                       lnd_plain + "\n" + fill(template("cluster-etcd.yaml"), ETCD_PORT=etcd.port),
                       route_extra=reported_cost)
             targets.append(Target("m-etcd-direct", "(m) l402, metered with the fleet's etcd, 1 connection",
-                                  f"http://127.0.0.1:{e.listen}{PATH}", auth, 200, e, 1))
+                                  f"http://127.0.0.1:{e.listen}{PATH}", bundle(e.listen), 200, e, 1))
             if want("c-direct"):
                 targets.append(Target("c-direct-c1", "(c) l402, paid, 1 connection", targets[[t.key for t in targets].index("c-direct")].url,
                                       auth, 200, envoys["c-direct"], 1))
