@@ -28,7 +28,6 @@ pub mod discovery;
 mod filter;
 pub mod fleet;
 pub mod gate;
-pub mod header_map;
 pub mod l402;
 pub mod lightning;
 pub mod meter;

@@ -181,8 +181,7 @@ impl Http {
     pub(super) fn remove_credential_header(&self, name: &str) {
         match self.host {
             Host::Envoy => host::remove_request_header(name),
-            Host::Nginx if host::has_request_header(name) => host::set_request_header(name, ""),
-            Host::Nginx => {}
+            Host::Nginx => host::set_request_header(name, ""),
         }
     }
 

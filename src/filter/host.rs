@@ -3,12 +3,10 @@
 
 use crate::callout::{answer_status, Callout};
 use crate::config::Endpoint;
-use crate::header_map::{self, Pairs};
 use crate::response::grpc;
 use crate::store::{SharedStore, StoreError};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, GrpcStatusCode, LogLevel, MapType, MetricType, Status};
-use std::cell::RefCell;
 use std::time::{Duration, UNIX_EPOCH};
 
 /// The proxy running the filter, as it reports itself: Kong's engine (nginx with ngx_wasm_module)
@@ -37,73 +35,13 @@ pub fn host_outside_request() -> Host {
     }
 }
 
-thread_local! {
-    /// The request's headers while the filter decides on them (`with_request_headers`).
-    static REQUEST_HEADERS: RefCell<Option<Pairs>> = const { RefCell::new(None) };
-}
-
-/// Runs `decide` with the request's headers read in one host call, which costs less than reading
-/// three of them one by one (BENCHMARKS.md, run 5). Reads within it come from that copy and writes
-/// keep it current; outside it (in a callout's answer) each read asks the host.
-pub fn with_request_headers<T>(decide: impl FnOnce() -> T) -> T {
-    REQUEST_HEADERS.with(|copy| *copy.borrow_mut() = request_header_pairs());
-    let decided = decide();
-    REQUEST_HEADERS.with(|copy| *copy.borrow_mut() = None);
-    decided
-}
-
-/// The whole request header map. The SDK's own reader panics on a name that is not UTF-8 and on
-/// any status but Ok; this one answers `None`.
-fn request_header_pairs() -> Option<Pairs> {
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut size: usize = 0;
-    // SAFETY: the host fills both out-parameters and nothing else.
-    let status = unsafe { proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, &mut data, &mut size) };
-    if status != 0 {
-        return None;
-    }
-    if data.is_null() {
-        return Some(Vec::new());
-    }
-    // SAFETY: the host allocated the buffer through the module's allocator (the SDK's
-    // `proxy_on_memory_allocate`, a `Vec` of exactly `size` bytes) and hands it over.
-    let bytes = unsafe { Vec::from_raw_parts(data, size, size) };
-    header_map::decode(&bytes)
-}
-
-fn request_header_bytes(name: &str) -> Option<Vec<u8>> {
-    let copied = REQUEST_HEADERS.with(|copy| {
-        copy.borrow().as_ref().map(|headers| {
-            headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name.as_bytes())).map(|(_, value)| value.clone())
-        })
-    });
-    match copied {
-        Some(Some(value)) => Some(value),
-        // A pseudo-header a host leaves out of its map is asked for by name.
-        Some(None) if !name.starts_with(':') => None,
-        _ => hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten(),
-    }
-}
-
-/// Keeps the copy of the request's headers as the host now has them.
-fn update_copy(name: &str, value: Option<&str>) {
-    REQUEST_HEADERS.with(|copy| {
-        if let Some(headers) = copy.borrow_mut().as_mut() {
-            headers.retain(|(key, _)| !key.eq_ignore_ascii_case(name.as_bytes()));
-            if let Some(value) = value {
-                headers.push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
-            }
-        }
-    });
-}
-
 /// A request header as text; `Err` with its lossy reading when it is present but not valid UTF-8.
 pub fn request_header(name: &str) -> Result<Option<String>, String> {
-    match request_header_bytes(name) {
-        Some(bytes) => {
+    match hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name) {
+        Ok(Some(bytes)) => {
             String::from_utf8(bytes).map(Some).map_err(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
         }
-        None => Ok(None),
+        Ok(None) | Err(_) => Ok(None),
     }
 }
 
@@ -191,23 +129,12 @@ pub fn send_grpc_response(grpc_status: u32, message: &str, headers: Vec<(&str, &
     }
 }
 
-/// Removes a request header; a call to the host only where it may be there.
 pub fn remove_request_header(name: &str) {
-    let known_absent =
-        REQUEST_HEADERS.with(|copy| copy.borrow().as_ref().is_some_and(|headers| !contains(headers, name)));
-    if known_absent {
-        return;
-    }
-    update_copy(name, None);
     let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
 }
 
-fn contains(headers: &Pairs, name: &str) -> bool {
-    headers.iter().any(|(key, _)| key.eq_ignore_ascii_case(name.as_bytes()))
-}
-
 pub fn has_request_header(name: &str) -> bool {
-    request_header_bytes(name).is_some()
+    matches!(hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name), Ok(Some(_)))
 }
 
 pub fn response_header(name: &str) -> Option<String> {
@@ -251,7 +178,6 @@ pub fn set_response_body(body: &[u8], chunk_size: usize) {
 
 /// Sets a request header, replacing any value the client sent.
 pub fn set_request_header(name: &str, value: &str) {
-    update_copy(name, Some(value));
     let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
 }
 
@@ -300,7 +226,6 @@ pub fn set_property(path: &[&str], value: &str) -> bool {
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_set_property(path_data: *const u8, path_size: usize, value_data: *const u8, value_size: usize) -> u32;
-    fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
 }
 
 pub fn resume_request() {

@@ -284,7 +284,7 @@ impl Context for Http {
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let action = host::with_request_headers(|| self.gate_request());
+        let action = self.gate_request();
         if let Action::Continue = action {
             self.admitted = true;
         }

@@ -31,22 +31,19 @@ BASE = [(":method", "GET"), (":authority", "api.example.com"), ("user-agent", "t
 
 READ, REMOVE, SET, TIME = ("proxy_get_header_map_value", "proxy_remove_header_map_value",
                            "proxy_replace_header_map_value", "proxy_get_current_time_nanoseconds")
-# The request's headers, read in one call: every header the decision reads comes from it, and a
-# header it shows absent is not removed.
-HEADERS = "proxy_get_header_map_pairs"
-# The paid path with the default hand-off: the gate reads the headers and the clock; the hand-off
-# removes the credential and sets the token id, service and price.
-PAID = [HEADERS, TIME, REMOVE] + [SET] * 3
-# A free route: the headers (the clock is read only on a paid route), and the one copy of a metering
-# header the client sent removed (the others are known absent).
-FREE = [HEADERS, REMOVE]
-# A challenge: the headers, the clock, randomness for the token id, the callout, and the clock again
-# for its latency.
-CHALLENGE = [HEADERS, TIME, "random_get", "proxy_http_call", TIME]
+# The paid path with the default hand-off: the gate reads the method, the path and the credential and
+# the clock; the hand-off removes the credential and sets the token id, service and price.
+PAID = [READ] * 3 + [TIME] + [REMOVE] + [SET] * 3
+# A free route: the method and the path (the credential and the clock are read only on a paid
+# route), and the client's copies of the three metering headers removed.
+FREE = [READ] * 2 + [REMOVE] * 3
+# A challenge: the reads (the last one the content type, for a gRPC client's `token`), randomness
+# for the token id, the callout, and the clock again for its latency.
+CHALLENGE = [READ] * 6 + [TIME, "random_get", "proxy_http_call", TIME]
 # A Payment-scheme charge: the paid path's calls, its single use counted in shared data (a read and
 # a compare-and-swap); on the answer, the receipt (timed by the gate's clock read) set and the cache
 # policy read and made private.
-CHARGE = ([HEADERS, TIME] + ["proxy_get_shared_data", "proxy_set_shared_data"] + [REMOVE] + [SET] * 3
+CHARGE = ([READ] * 3 + [TIME] + ["proxy_get_shared_data", "proxy_set_shared_data"] + [REMOVE] + [SET] * 3
           + [SET, READ, SET])
 
 
@@ -116,18 +113,19 @@ BROWSER_CONFIG = {**CONFIG, "routes": [
     {"match": {"path_prefix": "/v1/"}, "service": "weather", "price_sat": 10, "lifetime_s": 3600,
      "browser": {"cookie": True}},
 ]}
-# The paid path reads the `Cookie` header and a cookie's `:scheme` (a Secure cookie over plain HTTP is
-# not read) from the headers read at once; a cookie credential is removed instead of the
-# `Authorization` header (or the header is rewritten when it holds other cookies).
-BROWSER_PAID = [HEADERS, TIME, REMOVE] + [SET] * 3
-BROWSER_PAID_BY_COOKIE = [HEADERS, TIME, REMOVE] + [SET] * 3
-BROWSER_PAID_OTHER_COOKIES = [HEADERS, TIME] + [SET] * 4
+# The paid path reads the `Cookie` header too (one more read), whichever credential opens the route;
+# a cookie credential is removed from it instead of the `Authorization` header (or the header is
+# rewritten when it holds other cookies), and its request's `:scheme` is read (a Secure cookie over
+# plain HTTP is not read).
+BROWSER_PAID = [READ] * 4 + [TIME] + [REMOVE] + [SET] * 3
+BROWSER_PAID_BY_COOKIE = [READ] * 5 + [TIME] + [REMOVE] + [SET] * 3
+BROWSER_PAID_OTHER_COOKIES = [READ] * 5 + [TIME] + [SET] * 4
 HTTPS = [(":scheme", "https")]
-# The challenge's calls; the page's `Accept` is read with the node's answer.
-BROWSER_CHALLENGE = CHALLENGE
-# A redemption: the headers (the fetch site, the scheme, the credential among them) and the clock;
-# the 303.
-REDEMPTION = [HEADERS, TIME, "proxy_send_local_response"]
+# The challenge reads the cookie too; the page's `Accept` is read with the node's answer.
+BROWSER_CHALLENGE = [READ] * 7 + [TIME, "random_get", "proxy_http_call", TIME]
+# A redemption: the method, the path, the fetch site, the scheme (a Secure cookie is not set over
+# plain HTTP), the credential and the clock; the 303 (its sending reads the content type, for gRPC).
+REDEMPTION = [READ] * 5 + [TIME, READ, "proxy_send_local_response"]
 
 
 @pytest.fixture
@@ -194,13 +192,13 @@ METERED_CONFIG = {**CONFIG, "routes": [
 ]}
 SHARED = ["proxy_get_shared_data", "proxy_set_shared_data"]
 # The paid path's calls, the reservation (a read and a compare-and-swap of the balance in shared
-# data), and the reserved amount and the balance for the upstream (a client's copy of the cost header
-# would be removed too, so an upstream that echoes headers never returns it); on the answer, the cost
-# header read and removed, the charge (a read and a compare-and-swap) and the client's balance set.
-HANDED_METERED = [REMOVE] + [SET] * 5
-METERED_PAID = [HEADERS, TIME] + SHARED + HANDED_METERED + [READ, REMOVE] + SHARED + [SET]
+# data), the reserved amount and the balance for the upstream, and a client's copy of the cost header
+# removed (an upstream that echoes headers must not return it); on the answer, the cost header read
+# and removed, the charge (a read and a compare-and-swap) and the client's balance set.
+HANDED_METERED = [REMOVE] + [SET] * 5 + [REMOVE]
+METERED_PAID = [READ] * 3 + [TIME] + SHARED + HANDED_METERED + [READ, REMOVE] + SHARED + [SET]
 # No cost reported: the status (and gRPC's) decide, and whether trailers may bring the cost.
-METERED_NO_COST = [HEADERS, TIME] + SHARED + HANDED_METERED + [READ] * 5 + SHARED + [SET]
+METERED_NO_COST = [READ] * 3 + [TIME] + SHARED + HANDED_METERED + [READ] * 5 + SHARED + [SET]
 
 
 def metered_credential(h: Host) -> str:
