@@ -342,6 +342,8 @@ def main() -> int:
     ap.add_argument("--charge-requests", type=int, default=20_000,
                     help="requests per run of (g): each presents a new single-use charge")
     ap.add_argument("--only", help="comma-separated target keys (default: all)")
+    ap.add_argument("--compare-wasm", type=Path,
+                    help="another l402.wasm (an earlier build): adds (c') beside (c), run in the same rounds")
     ap.add_argument("--out", default=str(RUN / "results.json"))
     args = ap.parse_args()
 
@@ -440,6 +442,10 @@ def main() -> int:
             if want(f"d-{up}"):
                 e = envoy(f"d-{up}", up, jwt_filter)
                 targets.append(Target(f"d-{up}", "(d) jwt_authn HS256", f"http://127.0.0.1:{e.listen}{PATH}", bearer, 200, e, c))
+        if args.compare_wasm and want("c-direct"):
+            e = envoy("c-other-direct", "direct", wasm_filter("l402", args.compare_wasm, l402_config()), lnd_plain)
+            targets.append(Target("c-other-direct", f"(c') l402, paid, {args.compare_wasm.name}",
+                                  f"http://127.0.0.1:{e.listen}{PATH}", auth, 200, e, c))
         if want("g-direct"):
             # The Payment scheme's paid path: a charge is single-use, so each request presents a
             # new one (minted here as the gateway would issue it), and counts its use in shared data.
@@ -681,6 +687,7 @@ def build_results(targets: list[Target], meta: dict[str, Any], args: argparse.Na
         "cpu_us c-a nginx": diff("c-nginx", "a-nginx", "envoy_cpu_us_per_req"),
         "cpu_us b-a direct": diff("b-direct", "a-direct", "envoy_cpu_us_per_req"),
         "cpu_us c-b direct": diff("c-direct", "b-direct", "envoy_cpu_us_per_req"),
+        "cpu_us c' - c direct": diff("c-other-direct", "c-direct", "envoy_cpu_us_per_req"),
         "cpu_us d-a direct": diff("d-direct", "a-direct", "envoy_cpu_us_per_req"),
         "cpu_us x-headers - b direct": diff("x-headers-direct", "b-direct", "envoy_cpu_us_per_req"),
         "cpu_us x-allheaders - b direct": diff("x-allheaders-direct", "b-direct", "envoy_cpu_us_per_req"),
