@@ -787,7 +787,7 @@ def markdown(res: dict[str, Any]) -> str:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for key, c in res["configs"].items():
-        up = ("direct_response" if key.endswith("-direct") else "nginx" if key.endswith("-nginx")
+        up = ("direct_response" if key.endswith("-direct") or key.startswith("c-direct") else "nginx" if key.endswith("-nginx")
               else "nginx (canned invoice)" if "-fast" in key else "LND sim, " + ("TLS" if "-tls" in key else "HTTP"))
         lines.append(f"| {c['label']} | {up} | {c['connections']} | {fmt_range(c['rps'], '.0f')} | "
                      f"{fmt_range(c['p50_us'], '.3f', 1e-3)} | {fmt_range(c['p99_us'], '.3f', 1e-3)} | "
