@@ -34,7 +34,6 @@ import socket
 import struct
 import threading
 import time
-from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
@@ -43,6 +42,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from harness import free_port
+from test_grpc import GrpcServer
 
 MSAT_PER_TOKEN = 10
 COST_HEADER = "x-l402-cost-msat"
@@ -317,14 +317,11 @@ class Call:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-class GrpcLlm:
-    """A grpcio server (generic handler) streaming ``n`` messages, then the cost in trailing metadata."""
+class GrpcLlm(GrpcServer):
+    """A grpcio server streaming ``n`` messages, then the cost in trailing metadata."""
 
     def __init__(self) -> None:
         import grpc
-        self.port = free_port()
-        self.calls: list[Call] = []
-        self.lock = threading.Lock()
 
         def generate(request: bytes, context: Any):
             req = json.loads(request or b"{}")
@@ -354,21 +351,7 @@ class GrpcLlm:
             if req.get("code"):
                 context.abort(getattr(grpc.StatusCode, req["code"]), "the upstream failed")
 
-        handler = grpc.method_handlers_generic_handler(
-            GRPC_SERVICE, {"Generate": grpc.unary_stream_rpc_method_handler(generate)})
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), handlers=[handler])
-        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
-
-    def start(self) -> "GrpcLlm":
-        self.server.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.stop(grace=None)
-
-    def clear(self) -> None:
-        with self.lock:
-            self.calls.clear()
+        super().__init__(GRPC_SERVICE, {"Generate": grpc.unary_stream_rpc_method_handler(generate)}, workers=8)
 
 
 def grpc_request(n: int = 3, cost: int | str | None = None, where: str = "trailer", delay: float = 0.0,

@@ -24,26 +24,18 @@ METHOD = "/l402.test.Echo/Say"
 PRICE_MSAT = 10_000
 
 
-class EchoServer:
-    """A grpcio server with a generic handler: `l402.test.Echo/Say` echoes the request bytes and
-    records each call's metadata."""
+class GrpcServer:
+    """A grpcio server on loopback with one generic handler, recording each call in `calls`."""
 
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
+    def __init__(self, service: str, methods: dict[str, Any], workers: int = 4) -> None:
+        self.calls: list[Any] = []
         self.lock = threading.Lock()
         self.port = free_port()
-
-        def say(request: bytes, context: grpc.ServicerContext) -> bytes:
-            with self.lock:
-                self.calls.append({"request": request, "metadata": list(context.invocation_metadata())})
-            return b"echo:" + request
-
-        handler = grpc.method_handlers_generic_handler(
-            "l402.test.Echo", {"Say": grpc.unary_unary_rpc_method_handler(say)})
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=[handler])
+        handler = grpc.method_handlers_generic_handler(service, methods)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), handlers=[handler])
         self.server.add_insecure_port(f"127.0.0.1:{self.port}")
 
-    def start(self) -> "EchoServer":
+    def start(self) -> "GrpcServer":
         self.server.start()
         return self
 
@@ -53,6 +45,18 @@ class EchoServer:
     def clear(self) -> None:
         with self.lock:
             self.calls.clear()
+
+
+class EchoServer(GrpcServer):
+    """`l402.test.Echo/Say` echoes the request bytes and records each call's metadata."""
+
+    def __init__(self) -> None:
+        def say(request: bytes, context: grpc.ServicerContext) -> bytes:
+            with self.lock:
+                self.calls.append({"request": request, "metadata": list(context.invocation_metadata())})
+            return b"echo:" + request
+
+        super().__init__("l402.test.Echo", {"Say": grpc.unary_unary_rpc_method_handler(say)})
 
 
 def h2(template: str) -> str:
