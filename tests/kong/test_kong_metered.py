@@ -192,3 +192,35 @@ def test_reservations_are_exact_across_both_workers(nginx, gw, lnd, llm):
     assert sorted(s.copies(BALANCE)[0] for s in llm.requests()) == ["0", "20000", "40000", "60000", "80000"]
     assert probe(gw, llm, token) == BUNDLE_MSAT - 5_000
     assert [balance_of(r) for r in answers if r.status == 402] == [0] * 5
+
+
+def test_a_fleet_balance_is_charged_from_the_root_context(nginx, lnd, llm, wasm_module):
+    """With `fleet`, the reservation is a compare-and-swap in etcd before the API, and the charge is
+    sent after the answer by the root context on its tick (Kong's engine dispatches from `on_tick`,
+    not from a response phase): etcd ends at the sum of the reported costs, as `l402 balance show`
+    reads it."""
+    import json
+
+    from test_filter_support import cli
+    from test_fleet import Etcd
+    etcd = Etcd()
+    prefix = "/kong-metered/"
+    fleet = {"upstream": f"127.0.0.1:{etcd.port}", "authority": f"127.0.0.1:{etcd.port}", "prefix": prefix}
+    e = Engine(nginx, llm.port, config(lnd_node(lnd, timeout_ms=5000), ROUTES, fleet=fleet)).start()
+    try:
+        token = buy(e, lnd)
+        reported = [1234, 2000, 777]                     # 12340, 20000 and 7770 msat
+        for tokens in reported:
+            assert chat(e, token, rid("fleet"), tokens=tokens).status == 200
+        spent = sum(tokens * 10 for tokens in reported)
+
+        def ledger() -> dict[str, Any]:
+            shown = cli("balance", "show", token_id_of(token), "--etcd", etcd.url, "--prefix", prefix)
+            assert shown.returncode == 0, shown.stderr
+            return json.loads(shown.stdout)
+
+        assert wait_until(lambda: ledger()["spent_msat"] == spent), ledger()
+        assert ledger()["total_msat"] == BUNDLE_MSAT
+    finally:
+        e.stop()
+        etcd.stop()
