@@ -220,6 +220,7 @@ def test_a_fleet_balance_is_charged_from_the_root_context(nginx, lnd, llm, wasm_
             return json.loads(shown.stdout)
 
         assert wait_until(lambda: ledger()["spent_msat"] == spent), ledger()
+        assert "exited on signal" not in e.error_log, e.error_log[-2000:]
         assert ledger()["total_msat"] == BUNDLE_MSAT
     finally:
         e.stop()
