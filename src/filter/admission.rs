@@ -3,6 +3,7 @@
 
 use super::host::{self, Host, HostStore};
 use super::http::{key, Http, Waiting};
+use super::metering::Meter;
 use crate::config::Service;
 use crate::fleet::{self, Swapped};
 use crate::gate::Refusal;
@@ -161,7 +162,7 @@ impl Http {
         let meter = self.meter.as_ref();
         for (name, value) in [
             (&headers.price_msat, admission.price_msat),
-            (&headers.reserved_msat, meter.map(|m| m.reserved)),
+            (&headers.reserved_msat, meter.map(Meter::reserved)),
             (&headers.balance_msat, meter.map(|m| m.balance_msat)),
         ] {
             match (name, value) {

@@ -20,7 +20,6 @@ pub(super) struct Meter {
     terms: Metered,
     service: String,
     token_id: [u8; 32],
-    pub(super) reserved: u64,
     /// The balance left beside the reservation, for the upstream.
     pub(super) balance_msat: u64,
     /// With `fleet`: the ledger as the reservation wrote it, where the charge starts from.
@@ -53,6 +52,13 @@ impl Admission {
     }
 }
 
+impl Meter {
+    /// What is held for the request: the route's reservation.
+    pub(super) fn reserved(&self) -> u64 {
+        self.terms.reserve_msat
+    }
+}
+
 impl Http {
     /// Holds the route's reservation on the token's balance, then hands the request on; a balance
     /// that cannot cover it gets a 402 for a new bundle.
@@ -60,7 +66,7 @@ impl Http {
         let shared = Rc::clone(&self.shared);
         let token_id = &admission.identifier.token_id;
         let amount = terms.reserve_msat;
-        if let Some(fleet) = &shared.config.fleet {
+        if shared.config.fleet.is_some() {
             // The first attempt starts from the balance as this worker last saw it, or assumes it is
             // new (etcd writes it only if it is); a wrong guess costs a round trip, never a count.
             let last_seen = shared.ledgers.last_seen(token_id);
@@ -72,9 +78,7 @@ impl Http {
                         None => return self.exhausted(admission, admission.bundle(), amount),
                     },
                 };
-            let request = fleet::put_ledger(&fleet::balance_key(&fleet.prefix, token_id), guess, &held);
-            let waiting = Waiting::Reservation { admission: admission.clone(), held, attempt: 1 };
-            return self.call(&fleet.endpoint, &request, waiting);
+            return self.send_reservation(admission.clone(), guess, held, 1);
         }
         match store::reserve(&HostStore, &key("balance", token_id), amount) {
             Ok(Reservation::Held(held)) => self.metered_pass(admission, terms, held, None),
@@ -93,9 +97,7 @@ impl Http {
         answer: Result<Swapped<Option<SeenLedger>>, NodeError>,
     ) -> Action {
         let shared = Rc::clone(&self.shared);
-        let (Some(fleet), Some(terms)) = (&shared.config.fleet, &admission.service.metered) else {
-            return Action::Pause;
-        };
+        let Some(terms) = &admission.service.metered else { return Action::Pause };
         let now = match answer {
             Ok(Swapped::Written { revision }) => {
                 let written = SeenLedger { ledger: held, mod_revision: revision };
@@ -117,10 +119,23 @@ impl Http {
         if attempt >= FLEET_CAS_ATTEMPTS {
             return self.store_failure(&"balance kept changing", Some(&admission));
         }
+        self.send_reservation(admission, now.as_ref(), held, attempt.saturating_add(1))
+    }
+
+    /// One compare-and-swap step of a reservation in the fleet store: write `held` if the balance is
+    /// still as `seen` (absent: `None`).
+    fn send_reservation(
+        &mut self,
+        admission: Admission,
+        seen: Option<&SeenLedger>,
+        held: Ledger,
+        attempt: u8,
+    ) -> Action {
+        let shared = Rc::clone(&self.shared);
+        let Some(fleet) = &shared.config.fleet else { return Action::Pause };
         let request =
-            fleet::put_ledger(&fleet::balance_key(&fleet.prefix, &admission.identifier.token_id), now.as_ref(), &held);
-        let waiting = Waiting::Reservation { admission, held, attempt: attempt.saturating_add(1) };
-        self.call(&fleet.endpoint, &request, waiting)
+            fleet::put_ledger(&fleet::balance_key(&fleet.prefix, &admission.identifier.token_id), seen, &held);
+        self.call(&fleet.endpoint, &request, Waiting::Reservation { admission, held, attempt })
     }
 
     fn metered_pass(
@@ -134,7 +149,6 @@ impl Http {
             terms: terms.clone(),
             service: admission.service.name.clone(),
             token_id: admission.identifier.token_id,
-            reserved: terms.reserve_msat,
             balance_msat: held.balance_msat(),
             written,
             answer: Answer::None,
@@ -210,16 +224,17 @@ impl Http {
     fn settle(&mut self, reported: Reported) -> Option<u64> {
         let meter = self.meter.as_mut().filter(|meter| !meter.settled)?;
         meter.settled = true;
-        let cost = meter.terms.charge(meter.reserved, reported, meter.answer);
+        let reserved = meter.terms.reserve_msat;
+        let cost = meter.terms.charge(reserved, reported, meter.answer);
         let shared = Rc::clone(&self.shared);
         match meter.written.take() {
             Some(seen) => {
-                let (after, charged) = seen.ledger.settle(meter.reserved, cost);
+                let (after, charged) = seen.ledger.settle(reserved, cost);
                 shared.service_counts.charged(&meter.service, charged);
-                shared.ledgers.hand_over(meter.token_id, Charge { reserved: meter.reserved, cost }, seen);
+                shared.ledgers.hand_over(meter.token_id, Charge { reserved, cost }, seen);
                 Some(after.balance_msat())
             }
-            None => match store::settle(&HostStore, &key("balance", &meter.token_id), meter.reserved, cost) {
+            None => match store::settle(&HostStore, &key("balance", &meter.token_id), reserved, cost) {
                 Ok((after, charged)) => {
                     shared.service_counts.charged(&meter.service, charged);
                     Some(after.balance_msat())

@@ -64,9 +64,9 @@ pub struct Root {
     counter_ids: Vec<Option<u32>>,
     /// Host metric ids of each service's (requests, msat), in the order of `ServiceCounts::names`.
     service_ids: Vec<(Option<u32>, Option<u32>)>,
-    /// When the fleet's revocation list is next read (unix seconds), and the call reading it.
+    /// When the fleet's revocation list is next read (unix seconds), and whether a read is under way.
     next_revocation_poll: u64,
-    polling: Option<u32>,
+    polling: bool,
     /// Metered charges on their way to the fleet store.
     settlements: Settlements,
     /// Ticks until the counts are next published.
@@ -78,18 +78,16 @@ impl Root {
     fn poll_revocations(&mut self, shared: &Shared) {
         let Some(fleet) = &shared.config.fleet else { return };
         let now = host::now_unix();
-        if self.polling.is_some() || now < self.next_revocation_poll {
+        if self.polling || now < self.next_revocation_poll {
             return;
         }
         self.next_revocation_poll = now.saturating_add(fleet.revocation_poll_s);
-        self.polling = host::dispatch(&fleet.endpoint, &fleet::list_revoked(&fleet.prefix)).ok();
-        if self.polling.is_none() {
+        self.polling = host::dispatch(&fleet.endpoint, &fleet::list_revoked(&fleet.prefix)).is_ok();
+        if !self.polling {
             shared.count(Counter::StoreErrors);
         }
     }
-}
 
-impl Root {
     fn send_settlements(&mut self, shared: &Shared) {
         let Some(fleet) = &shared.config.fleet else { return };
         let failures = self.settlements.send(fleet, &shared.ledgers);
@@ -116,7 +114,7 @@ impl Context for Root {
             let failures = self.settlements.answered(call, answer, &shared.ledgers);
             return report(&shared, &failures);
         }
-        self.polling = None;
+        self.polling = false;
         let Some(fleet) = &shared.config.fleet else { return };
         let body = host::call_response_body(body_size.min(MAX_REVOCATION_LIST_BYTES));
         match fleet::parse_revoked(&fleet.prefix, host::call_response_status(), &body) {

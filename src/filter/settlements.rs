@@ -74,15 +74,12 @@ impl Settlements {
     /// Takes the charges handed over and sends every batch whose balance has no call in flight.
     pub fn send(&mut self, fleet: &Fleet, ledgers: &Ledgers) -> Vec<String> {
         for (token_id, charge, seen) in ledgers.handed.borrow_mut().drain(..) {
-            let batch = self.waiting.entry(token_id).or_insert_with(|| Batch {
-                charges: Vec::new(),
-                seen: seen.clone(),
-                attempt: 0,
-            });
-            batch.charges.push(charge);
-            if newer(&seen, &batch.seen) {
-                batch.seen = seen;
-            }
+            let handed = Batch { charges: vec![charge], seen, attempt: 0 };
+            let batch = match self.waiting.remove(&token_id) {
+                Some(waiting) => waiting.then(handed),
+                None => handed,
+            };
+            self.waiting.insert(token_id, batch);
         }
         let ready: Vec<[u8; 32]> = self.waiting.keys().filter(|id| !self.busy.contains(*id)).copied().collect();
         let mut failures = Vec::new();
@@ -95,7 +92,7 @@ impl Settlements {
                     self.busy.insert(token_id);
                     self.in_flight.insert(call, (token_id, batch));
                 }
-                Err(()) => failures.extend(self.again(token_id, batch, None, "could not dispatch")),
+                Err(()) => failures.extend(self.again(token_id, batch, None, Some("could not dispatch"))),
             }
         }
         failures
@@ -119,34 +116,51 @@ impl Settlements {
             }
             Ok(Swapped::Changed(Some(now))) => {
                 ledgers.remember(token_id, now.clone());
-                self.again(token_id, batch, Some(now), "").into_iter().collect()
+                self.again(token_id, batch, Some(now), None).into_iter().collect()
             }
             Ok(Swapped::Changed(None)) => {
                 vec!["a metered balance vanished from the fleet store before its charge".into()]
             }
-            Err(error) => self.again(token_id, batch, None, &error.to_string()).into_iter().collect(),
+            Err(error) => self.again(token_id, batch, None, Some(&error.to_string())).into_iter().collect(),
         }
     }
 
     /// Puts a batch back to wait (over `now`, if etcd told what is there), unless it has been tried
-    /// too often; `why` is a failure to report, if not empty.
-    fn again(&mut self, token_id: [u8; 32], mut batch: Batch, now: Option<SeenLedger>, why: &str) -> Option<String> {
+    /// too often; returns the failure to report (`why`, or the batch given up).
+    fn again(
+        &mut self,
+        token_id: [u8; 32],
+        mut batch: Batch,
+        now: Option<SeenLedger>,
+        why: Option<&str>,
+    ) -> Option<String> {
         batch.attempt = batch.attempt.saturating_add(1);
         if batch.attempt >= ATTEMPTS {
+            let why = why.unwrap_or("its compare-and-swap kept losing");
             return Some(format!("a metered charge was given up ({why}); its reservations stay charged"));
         }
         if let Some(now) = now {
             batch.seen = now;
         }
-        // Charges handed over meanwhile join the batch.
-        if let Some(newer_batch) = self.waiting.remove(&token_id) {
-            batch.charges.extend(newer_batch.charges);
-            if newer(&newer_batch.seen, &batch.seen) {
-                batch.seen = newer_batch.seen;
-            }
-        }
+        // Charges handed over meanwhile come after the batch's own.
+        let batch = match self.waiting.remove(&token_id) {
+            Some(waiting) => batch.then(waiting),
+            None => batch,
+        };
         self.waiting.insert(token_id, batch);
-        (!why.is_empty()).then(|| why.to_owned())
+        why.map(str::to_owned)
+    }
+}
+
+impl Batch {
+    /// This batch's charges and then `later`'s, over the newer ledger seen of the two.
+    fn then(mut self, later: Batch) -> Batch {
+        self.charges.extend(later.charges);
+        if newer(&later.seen, &self.seen) {
+            self.seen = later.seen;
+        }
+        self.attempt = self.attempt.max(later.attempt);
+        self
     }
 }
 
