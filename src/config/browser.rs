@@ -1,13 +1,10 @@
 //! A route's `browser` settings: an HTML 402 page for clients that prefer one, and optionally the
 //! redemption of a paid invoice into a cookie, so a person in a browser never handles a macaroon.
 
+use super::read::Fields;
 use super::{ConfigError, PathMatch, Schemes};
-use serde::Deserialize;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawBrowser {
-    #[serde(default)]
     cookie: bool,
     cookie_secure: Option<bool>,
 }
@@ -32,6 +29,12 @@ pub struct Cookie {
 }
 
 impl RawBrowser {
+    pub(super) fn read(mut f: Fields) -> Result<RawBrowser, ConfigError> {
+        let raw = RawBrowser { cookie: f.bool_or("cookie", false)?, cookie_secure: f.opt_bool("cookie_secure")? };
+        f.done()?;
+        Ok(raw)
+    }
+
     pub(super) fn validate(
         self,
         field: &str,

@@ -1,7 +1,8 @@
 //! The `discovery` section: the manifest of paid routes the filter answers at a well-known path.
 
+use super::read::Fields;
 use super::ConfigError;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 const DEFAULT_PATH: &str = "/.well-known/l402-services";
 const DEFAULT_MAX_AGE_S: u32 = 300;
@@ -9,8 +10,6 @@ const DEFAULT_MAX_AGE_S: u32 = 300;
 const MAX_MAX_AGE_S: u32 = 31_536_000;
 const MAX_TEXT_CHARS: usize = 1024;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
 pub(super) struct RawDiscovery {
     enabled: bool,
     path: String,
@@ -18,20 +17,8 @@ pub(super) struct RawDiscovery {
     service: ServiceInfo,
 }
 
-impl Default for RawDiscovery {
-    fn default() -> RawDiscovery {
-        RawDiscovery {
-            enabled: false,
-            path: DEFAULT_PATH.to_owned(),
-            max_age_s: DEFAULT_MAX_AGE_S,
-            service: ServiceInfo::default(),
-        }
-    }
-}
-
 /// Who runs the API, as the manifest's `service` object states it; every field optional.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ServiceInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -43,6 +30,19 @@ pub struct ServiceInfo {
     pub contact: Option<String>,
 }
 
+impl ServiceInfo {
+    fn read(mut f: Fields) -> Result<ServiceInfo, ConfigError> {
+        let info = ServiceInfo {
+            name: f.opt_string("name")?,
+            description: f.opt_string("description")?,
+            operator: f.opt_string("operator")?,
+            contact: f.opt_string("contact")?,
+        };
+        f.done()?;
+        Ok(info)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Discovery {
     /// The exact path the manifest is answered at (any query string).
@@ -52,6 +52,17 @@ pub struct Discovery {
 }
 
 impl RawDiscovery {
+    pub(super) fn read(mut f: Fields) -> Result<RawDiscovery, ConfigError> {
+        let raw = RawDiscovery {
+            enabled: f.bool_or("enabled", false)?,
+            path: f.string_or("path", DEFAULT_PATH)?,
+            max_age_s: f.whole_or("max_age_s", DEFAULT_MAX_AGE_S)?,
+            service: ServiceInfo::read(f.defaulted_object("service")?)?,
+        };
+        f.done()?;
+        Ok(raw)
+    }
+
     /// The discovery settings, or `None` when the manifest is not enabled.
     pub(super) fn validate(self) -> Result<Option<Discovery>, ConfigError> {
         let path_ok = self.path.starts_with('/')

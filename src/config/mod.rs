@@ -5,7 +5,10 @@
 mod browser;
 mod discovery;
 mod paths;
+mod read;
 mod routes;
+#[cfg(test)]
+mod schema;
 mod schemes;
 
 pub use browser::{Browser, Cookie};
@@ -20,7 +23,7 @@ pub use schemes::Schemes;
 use crate::l402::encoding::{hex_decode, hex_decode_array};
 use crate::l402::SecretRing;
 use crate::payment::IdKeys;
-use serde::Deserialize;
+use read::{Fields, Kind, Source};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
@@ -48,76 +51,71 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// A value given inline or named by an environment variable (Envoy passes those to the VM with
-/// `vm_config.environment_variables.host_env_keys`).
-#[derive(Deserialize)]
-#[serde(untagged, deny_unknown_fields)]
-enum Source<T> {
-    Inline(T),
-    Env { env: String },
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawConfig {
     secrets: Source<Vec<String>>,
     node: RawNode,
-    #[serde(default)]
     invoice: RawInvoice,
     routes: Vec<RawRoute>,
-    #[serde(default)]
     unmatched: Unmatched,
-    #[serde(default)]
     challenge: RawChallenge,
-    #[serde(default)]
     upstream_headers: RawUpstreamHeaders,
-    #[serde(default)]
     revoked: Vec<String>,
     challenge_limit: Option<ChallengeLimit>,
-    #[serde(default)]
     client_network: ClientNetwork,
     pricing: Option<RawPricing>,
     fleet: Option<RawFleet>,
-    #[serde(default)]
     on_store_error: OnStoreError,
-    #[serde(default)]
     paths: Paths,
     schemes: Option<Vec<String>>,
-    #[serde(default)]
     payment: RawPayment,
-    #[serde(default)]
     dry_run: bool,
-    #[serde(default)]
     access_log_fields: bool,
-    #[serde(default)]
     discovery: RawDiscovery,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+impl RawConfig {
+    fn read(mut f: Fields) -> Result<RawConfig, ConfigError> {
+        let raw = RawConfig {
+            secrets: f.inline_or_env("secrets", Kind::Strings, |f, value| f.strings_of("secrets", value))?,
+            node: RawNode::read(f.object("node")?)?,
+            invoice: RawInvoice::read(f.defaulted_object("invoice")?)?,
+            routes: f.objects("routes")?.into_iter().map(RawRoute::read).collect::<Result<_, _>>()?,
+            unmatched: f.choice_or(
+                "unmatched",
+                &[("deny", Unmatched::Deny), ("free", Unmatched::Free)],
+                Unmatched::Deny,
+            )?,
+            challenge: RawChallenge::read(f.defaulted_object("challenge")?)?,
+            upstream_headers: RawUpstreamHeaders::read(f.defaulted_object("upstream_headers")?)?,
+            revoked: f.strings("revoked")?,
+            challenge_limit: f.opt_object("challenge_limit")?.map(ChallengeLimit::read).transpose()?,
+            client_network: ClientNetwork::read(f.defaulted_object("client_network")?)?,
+            pricing: f.opt_object("pricing")?.map(RawPricing::read).transpose()?,
+            fleet: f.opt_object("fleet")?.map(RawFleet::read).transpose()?,
+            on_store_error: f.choice_or(
+                "on_store_error",
+                &[("fail_closed", OnStoreError::FailClosed), ("fail_open", OnStoreError::FailOpen)],
+                OnStoreError::FailClosed,
+            )?,
+            paths: Paths::read(f.defaulted_object("paths")?)?,
+            schemes: f.opt_strings("schemes")?,
+            payment: RawPayment::read(f.defaulted_object("payment")?)?,
+            dry_run: f.bool_or("dry_run", false)?,
+            access_log_fields: f.bool_or("access_log_fields", false)?,
+            discovery: RawDiscovery::read(f.defaulted_object("discovery")?)?,
+        };
+        f.done()?;
+        Ok(raw)
+    }
+}
+
 struct RawFleet {
     upstream: String,
     authority: String,
-    #[serde(default)]
     tls: bool,
-    #[serde(default = "default_fleet_timeout")]
     timeout_ms: u32,
-    #[serde(default = "default_fleet_prefix")]
     prefix: String,
-    #[serde(default = "default_revocation_poll")]
     revocation_poll_s: u64,
-}
-
-fn default_fleet_timeout() -> u32 {
-    500
-}
-
-fn default_fleet_prefix() -> String {
-    "/l402/".to_owned()
-}
-
-fn default_revocation_poll() -> u64 {
-    5
 }
 
 /// The fleet's shared store (etcd's v3 JSON gateway): use counts across gateways and a revocation
@@ -130,17 +128,28 @@ pub struct Fleet {
 }
 
 /// What a request that needs the shared store gets when the store fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnStoreError {
     /// 503: no use is granted that cannot be counted.
-    #[default]
     FailClosed,
     /// Let the paid request through uncounted.
     FailOpen,
 }
 
 impl RawFleet {
+    fn read(mut f: Fields) -> Result<RawFleet, ConfigError> {
+        let raw = RawFleet {
+            upstream: f.string("upstream")?,
+            authority: f.string("authority")?,
+            tls: f.bool_or("tls", false)?,
+            timeout_ms: f.whole_or("timeout_ms", 500)?,
+            prefix: f.string_or("prefix", "/l402/")?,
+            revocation_poll_s: f.whole_or("revocation_poll_s", 5)?,
+        };
+        f.done()?;
+        Ok(raw)
+    }
+
     fn validate(self) -> Result<Fleet, ConfigError> {
         let endpoint = Endpoint::new("fleet", self.upstream, self.authority, self.tls, self.timeout_ms)?;
         if !self.prefix.starts_with('/') || self.prefix.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
@@ -154,38 +163,21 @@ impl RawFleet {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawPricing {
     upstream: String,
     authority: String,
     path: String,
-    #[serde(default)]
     tls: bool,
-    #[serde(default = "default_pricing_timeout")]
     timeout_ms: u32,
-    #[serde(default = "default_pricing_cache")]
     cache_s: u64,
-    #[serde(default)]
     headers: Vec<String>,
-    #[serde(default)]
     on_error: PricingFallback,
 }
 
-fn default_pricing_timeout() -> u32 {
-    1000
-}
-
-fn default_pricing_cache() -> u64 {
-    60
-}
-
 /// What a dynamically priced route does when the pricing endpoint fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PricingFallback {
     /// Answer 503: no invoice without a price.
-    #[default]
     Deny,
     /// Invoice at the route's static price.
     Static,
@@ -203,6 +195,25 @@ pub struct Pricing {
 }
 
 impl RawPricing {
+    fn read(mut f: Fields) -> Result<RawPricing, ConfigError> {
+        let raw = RawPricing {
+            upstream: f.string("upstream")?,
+            authority: f.string("authority")?,
+            path: f.string("path")?,
+            tls: f.bool_or("tls", false)?,
+            timeout_ms: f.whole_or("timeout_ms", 1000)?,
+            cache_s: f.whole_or("cache_s", 60)?,
+            headers: f.strings("headers")?,
+            on_error: f.choice_or(
+                "on_error",
+                &[("deny", PricingFallback::Deny), ("static", PricingFallback::Static)],
+                PricingFallback::Deny,
+            )?,
+        };
+        f.done()?;
+        Ok(raw)
+    }
+
     fn validate(self) -> Result<Pricing, ConfigError> {
         let endpoint = Endpoint::new("pricing", self.upstream, self.authority, self.tls, self.timeout_ms)?;
         if !self.path.starts_with('/') || self.path.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
@@ -227,64 +238,82 @@ impl RawPricing {
 
 /// A token bucket per client network on challenge issuance, so an unpaid flood cannot make the
 /// node create unbounded invoices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChallengeLimit {
     pub burst: u64,
     pub per_minute: u64,
 }
 
+impl ChallengeLimit {
+    fn read(mut f: Fields) -> Result<ChallengeLimit, ConfigError> {
+        let limit = ChallengeLimit { burst: f.whole("burst")?, per_minute: f.whole("per_minute")? };
+        f.done()?;
+        Ok(limit)
+    }
+}
+
 /// How client addresses are grouped for freebies and challenge limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientNetwork {
     pub ipv4_prefix: u8,
     pub ipv6_prefix: u8,
 }
 
-impl Default for ClientNetwork {
-    fn default() -> ClientNetwork {
-        ClientNetwork { ipv4_prefix: 24, ipv6_prefix: 48 }
+impl ClientNetwork {
+    fn read(mut f: Fields) -> Result<ClientNetwork, ConfigError> {
+        let network =
+            ClientNetwork { ipv4_prefix: f.whole_or("ipv4_prefix", 24)?, ipv6_prefix: f.whole_or("ipv6_prefix", 48)? };
+        f.done()?;
+        Ok(network)
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawNode {
     kind: NodeKind,
     upstream: String,
     authority: String,
-    #[serde(default)]
     tls: bool,
     credential: Source<String>,
-    #[serde(default = "default_timeout")]
     timeout_ms: u32,
-    #[serde(default)]
     strict: bool,
-    #[serde(default)]
     macaroon_only: bool,
 }
 
-fn default_timeout() -> u32 {
-    DEFAULT_TIMEOUT_MS
+impl RawNode {
+    fn read(mut f: Fields) -> Result<RawNode, ConfigError> {
+        let kinds = &[("lnd", NodeKind::Lnd), ("cln", NodeKind::Cln), ("lnbits", NodeKind::Lnbits)];
+        let raw = RawNode {
+            kind: f.choice("kind", kinds)?,
+            upstream: f.string("upstream")?,
+            authority: f.string("authority")?,
+            tls: f.bool_or("tls", false)?,
+            credential: f.inline_or_env("credential", Kind::String, |f, value| f.string_of("credential", value))?,
+            timeout_ms: f.whole_or("timeout_ms", DEFAULT_TIMEOUT_MS)?,
+            strict: f.bool_or("strict", false)?,
+            macaroon_only: f.bool_or("macaroon_only", false)?,
+        };
+        f.done()?;
+        Ok(raw)
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
 struct RawInvoice {
     expiry_s: u32,
     memo: String,
 }
 
-impl Default for RawInvoice {
-    fn default() -> RawInvoice {
-        RawInvoice { expiry_s: DEFAULT_EXPIRY_S, memo: DEFAULT_MEMO.to_owned() }
+impl RawInvoice {
+    fn read(mut f: Fields) -> Result<RawInvoice, ConfigError> {
+        let raw = RawInvoice {
+            expiry_s: f.whole_or("expiry_s", DEFAULT_EXPIRY_S)?,
+            memo: f.string_or("memo", DEFAULT_MEMO)?,
+        };
+        f.done()?;
+        Ok(raw)
     }
 }
 
 /// What the upstream receives with a paid request. A name set to `null` turns that header off.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
 struct RawUpstreamHeaders {
     strip_credential: bool,
     token_id: Option<String>,
@@ -294,16 +323,18 @@ struct RawUpstreamHeaders {
     balance_msat: Option<String>,
 }
 
-impl Default for RawUpstreamHeaders {
-    fn default() -> RawUpstreamHeaders {
-        RawUpstreamHeaders {
-            strip_credential: true,
-            token_id: Some("x-l402-token-id".to_owned()),
-            service: Some("x-l402-service".to_owned()),
-            price_msat: Some("x-l402-price-msat".to_owned()),
-            reserved_msat: Some("x-l402-reserved-msat".to_owned()),
-            balance_msat: Some("x-l402-balance-msat".to_owned()),
-        }
+impl RawUpstreamHeaders {
+    fn read(mut f: Fields) -> Result<RawUpstreamHeaders, ConfigError> {
+        let raw = RawUpstreamHeaders {
+            strip_credential: f.bool_or("strip_credential", true)?,
+            token_id: f.string_or_null("token_id", "x-l402-token-id")?,
+            service: f.string_or_null("service", "x-l402-service")?,
+            price_msat: f.string_or_null("price_msat", "x-l402-price-msat")?,
+            reserved_msat: f.string_or_null("reserved_msat", "x-l402-reserved-msat")?,
+            balance_msat: f.string_or_null("balance_msat", "x-l402-balance-msat")?,
+        };
+        f.done()?;
+        Ok(raw)
     }
 }
 
@@ -329,31 +360,31 @@ impl UpstreamHeaders {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
 struct RawChallenge {
     lsat_header: bool,
     invalid_credential_status: u32,
 }
 
-impl Default for RawChallenge {
-    fn default() -> RawChallenge {
-        RawChallenge { lsat_header: true, invalid_credential_status: 402 }
+impl RawChallenge {
+    fn read(mut f: Fields) -> Result<RawChallenge, ConfigError> {
+        let raw = RawChallenge {
+            lsat_header: f.bool_or("lsat_header", true)?,
+            invalid_credential_status: f.whole_or("invalid_credential_status", 402)?,
+        };
+        f.done()?;
+        Ok(raw)
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeKind {
     Lnd,
     Cln,
     Lnbits,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unmatched {
-    #[default]
     Deny,
     Free,
 }
@@ -455,13 +486,7 @@ impl Config {
     pub fn parse(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let document: serde_json::Value =
             serde_json::from_slice(json).map_err(|e| ConfigError::new("config", e.to_string()))?;
-        check_lists(&document, "", "")?;
-        let raw: RawConfig = serde_path_to_error::deserialize(&document).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." || path == "?" { "config".to_owned() } else { path };
-            ConfigError::new(field, e.into_inner().to_string())
-        })?;
-        raw.validate(env)
+        RawConfig::read(Fields::document(&document, None)?)?.validate(env)
     }
 
     /// The memo for a service's invoice.
@@ -510,39 +535,6 @@ impl Config {
     }
 }
 
-/// Where the configuration has lists; anywhere else a list is refused, because serde would read an
-/// object's fields from a list in order and accept `"node": ["lnd", …]`.
-const LIST_FIELDS: [&str; 9] = [
-    "secrets",
-    "schemes",
-    "routes",
-    "routes[].schemes",
-    "routes[].match.methods",
-    "routes[].capabilities",
-    "routes[].restrict.methods",
-    "revoked",
-    "pricing.headers",
-];
-
-/// `shape` is the path with list indices left out (`routes[].match`), `path` the one to report.
-fn check_lists(value: &serde_json::Value, shape: &str, path: &str) -> Result<(), ConfigError> {
-    match value {
-        serde_json::Value::Array(items) => {
-            if !LIST_FIELDS.contains(&shape) {
-                let field = if path.is_empty() { "config" } else { path };
-                return Err(ConfigError::new(field, "must not be a list"));
-            }
-            let shape = format!("{shape}[]");
-            items.iter().enumerate().try_for_each(|(i, item)| check_lists(item, &shape, &format!("{path}[{i}]")))
-        }
-        serde_json::Value::Object(fields) => fields.iter().try_for_each(|(name, field)| {
-            let join = |prefix: &str| if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
-            check_lists(field, &join(shape), &join(path))
-        }),
-        _ => Ok(()),
-    }
-}
-
 fn resolve<T>(
     source: Source<T>,
     field: &str,
@@ -551,7 +543,7 @@ fn resolve<T>(
 ) -> Result<T, ConfigError> {
     match source {
         Source::Inline(value) => Ok(value),
-        Source::Env { env: name } => env(&name)
+        Source::Env(name) => env(&name)
             .filter(|v| !v.trim().is_empty())
             .map(from_env)
             .ok_or_else(|| ConfigError::new(field, format!("environment variable {name} is not set for the plugin"))),

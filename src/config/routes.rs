@@ -1,31 +1,24 @@
 //! Route rules: what a request is matched on, and what a matching request must pay for.
 
 use super::browser::RawBrowser;
+use super::read::Fields;
 use super::{is_header_name, is_token_text, Browser, ConfigError, NodeKind, PricingFallback, Schemes};
 use crate::meter::Metered;
-use serde::Deserialize;
 
 /// Most segments in a glob pattern, to keep matching cheap.
 const MAX_GLOB_SEGMENTS: usize = 32;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawRoute {
-    #[serde(rename = "match")]
     matcher: RawMatch,
-    #[serde(default)]
     free: bool,
     service: Option<String>,
     price_sat: Option<u64>,
     price_msat: Option<u64>,
     lifetime_s: Option<u64>,
-    #[serde(default)]
     capabilities: Vec<String>,
-    #[serde(default)]
     restrict: RawRestrict,
     uses: Option<u64>,
     freebies: Option<Freebies>,
-    #[serde(default)]
     dynamic_price: bool,
     schemes: Option<Vec<String>>,
     dry_run: Option<bool>,
@@ -34,8 +27,6 @@ pub(super) struct RawRoute {
     metered: Option<RawMetered>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawMetered {
     reserve_msat: u64,
     max_cost_msat: Option<u64>,
@@ -43,15 +34,12 @@ struct RawMetered {
 }
 
 /// Requests a client network may make on a route before it is asked to pay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Freebies {
     pub requests: u64,
     pub period_s: u64,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 struct RawMatch {
     path: Option<String>,
     path_prefix: Option<String>,
@@ -60,11 +48,76 @@ struct RawMatch {
     host: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 struct RawRestrict {
     path_prefix: Option<String>,
     methods: Option<Vec<String>>,
+}
+
+impl RawRoute {
+    pub(super) fn read(mut f: Fields) -> Result<RawRoute, ConfigError> {
+        let raw = RawRoute {
+            matcher: RawMatch::read(f.object("match")?)?,
+            free: f.bool_or("free", false)?,
+            service: f.opt_string("service")?,
+            price_sat: f.opt_whole("price_sat")?,
+            price_msat: f.opt_whole("price_msat")?,
+            lifetime_s: f.opt_whole("lifetime_s")?,
+            capabilities: f.strings("capabilities")?,
+            restrict: RawRestrict::read(f.defaulted_object("restrict")?)?,
+            uses: f.opt_whole("uses")?,
+            freebies: f.opt_object("freebies")?.map(Freebies::read).transpose()?,
+            dynamic_price: f.bool_or("dynamic_price", false)?,
+            schemes: f.opt_strings("schemes")?,
+            dry_run: f.opt_bool("dry_run")?,
+            public: f.opt_bool("public")?,
+            browser: f.opt_object("browser")?.map(RawBrowser::read).transpose()?,
+            metered: f.opt_object("metered")?.map(RawMetered::read).transpose()?,
+        };
+        f.done()?;
+        Ok(raw)
+    }
+}
+
+impl RawMetered {
+    fn read(mut f: Fields) -> Result<RawMetered, ConfigError> {
+        let raw = RawMetered {
+            reserve_msat: f.whole("reserve_msat")?,
+            max_cost_msat: f.opt_whole("max_cost_msat")?,
+            cost_header: f.opt_string("cost_header")?,
+        };
+        f.done()?;
+        Ok(raw)
+    }
+}
+
+impl Freebies {
+    fn read(mut f: Fields) -> Result<Freebies, ConfigError> {
+        let freebies = Freebies { requests: f.whole("requests")?, period_s: f.whole("period_s")? };
+        f.done()?;
+        Ok(freebies)
+    }
+}
+
+impl RawMatch {
+    fn read(mut f: Fields) -> Result<RawMatch, ConfigError> {
+        let raw = RawMatch {
+            path: f.opt_string("path")?,
+            path_prefix: f.opt_string("path_prefix")?,
+            path_glob: f.opt_string("path_glob")?,
+            methods: f.opt_strings("methods")?,
+            host: f.opt_string("host")?,
+        };
+        f.done()?;
+        Ok(raw)
+    }
+}
+
+impl RawRestrict {
+    fn read(mut f: Fields) -> Result<RawRestrict, ConfigError> {
+        let raw = RawRestrict { path_prefix: f.opt_string("path_prefix")?, methods: f.opt_strings("methods")? };
+        f.done()?;
+        Ok(raw)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,8 +1,8 @@
 //! Which 402 dialects a route speaks: L402, the Payment scheme (draft-httpauth-payment, Lightning
 //! charge), or both, for one invoice.
 
+use super::read::Fields;
 use super::ConfigError;
-use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Schemes {
@@ -38,13 +38,17 @@ impl Schemes {
 }
 
 /// The Payment scheme's settings.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawPayment {
     realm: Option<String>,
 }
 
 impl RawPayment {
+    pub(super) fn read(mut f: Fields) -> Result<RawPayment, ConfigError> {
+        let raw = RawPayment { realm: f.opt_string("realm")? };
+        f.done()?;
+        Ok(raw)
+    }
+
     /// The realm, if set: text a quoted-string carries and the challenge id's `|`-joined input
     /// cannot misread.
     pub(super) fn realm(self) -> Result<Option<String>, ConfigError> {
