@@ -79,7 +79,7 @@ fn charge(keys: &IdKeys) -> String {
     let request = charge_request(10, "weather access", &invoice, &Sha256::digest(PREIMAGE).into());
     let mut params = Params::charge("weather".into(), request, rfc3339(4_000_000_000), &binding);
     keys.sign(&mut params);
-    let body = serde_json::json!({ "challenge": params, "payload": { "preimage": hex_encode(&PREIMAGE) } });
+    let body = serde_json::json!({ "challenge": params.to_json(), "payload": { "preimage": hex_encode(&PREIMAGE) } });
     format!("Payment {}", base64url_encode(body.to_string().as_bytes()))
 }
 

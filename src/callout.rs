@@ -78,8 +78,78 @@ pub(crate) fn check_answer(status: Option<u32>, body: &[u8]) -> Result<(), NodeE
     Ok(())
 }
 
-pub(crate) fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, NodeError> {
-    serde_json::from_slice(body).map_err(|_| NodeError::BadResponse("not the expected JSON"))
+const UNEXPECTED: NodeError = NodeError::BadResponse("not the expected JSON");
+
+/// A service's answer as JSON.
+pub(crate) fn parse_json(body: &[u8]) -> Result<serde_json::Value, NodeError> {
+    serde_json::from_slice(body).map_err(|_| UNEXPECTED)
+}
+
+/// One object of a service's answer, read field by field: `null` reads as absent, and a field of
+/// another type than asked makes the whole answer unexpected. Fields nobody asks for are ignored.
+#[derive(Clone, Copy)]
+pub(crate) struct Answer<'a>(&'a serde_json::Map<String, serde_json::Value>);
+
+impl<'a> Answer<'a> {
+    pub(crate) fn of(value: &'a serde_json::Value) -> Result<Answer<'a>, NodeError> {
+        value.as_object().map(Answer).ok_or(UNEXPECTED)
+    }
+
+    fn field<T>(
+        self,
+        name: &str,
+        read: impl FnOnce(&'a serde_json::Value) -> Option<T>,
+    ) -> Result<Option<T>, NodeError> {
+        match self.0.get(name).filter(|value| !value.is_null()) {
+            Some(value) => read(value).map(Some).ok_or(UNEXPECTED),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn text(self, name: &str) -> Result<&'a str, NodeError> {
+        self.opt_text(name)?.ok_or(UNEXPECTED)
+    }
+
+    pub(crate) fn opt_text(self, name: &str) -> Result<Option<&'a str>, NodeError> {
+        self.field(name, serde_json::Value::as_str)
+    }
+
+    pub(crate) fn flag(self, name: &str) -> Result<bool, NodeError> {
+        self.opt_flag(name)?.ok_or(UNEXPECTED)
+    }
+
+    pub(crate) fn opt_flag(self, name: &str) -> Result<Option<bool>, NodeError> {
+        self.field(name, serde_json::Value::as_bool)
+    }
+
+    pub(crate) fn opt_whole(self, name: &str) -> Result<Option<u64>, NodeError> {
+        self.field(name, serde_json::Value::as_u64)
+    }
+
+    pub(crate) fn opt_object(self, name: &str) -> Result<Option<Answer<'a>>, NodeError> {
+        self.field(name, |value| value.as_object().map(Answer))
+    }
+
+    pub(crate) fn objects(self, name: &str) -> Result<Vec<Answer<'a>>, NodeError> {
+        self.opt_objects(name)?.ok_or(UNEXPECTED)
+    }
+
+    pub(crate) fn opt_objects(self, name: &str) -> Result<Option<Vec<Answer<'a>>>, NodeError> {
+        let Some(items) = self.field(name, serde_json::Value::as_array)? else { return Ok(None) };
+        items.iter().map(Answer::of).collect::<Result<_, _>>().map(Some)
+    }
+
+    pub(crate) fn opt_texts(self, name: &str) -> Result<Option<Vec<String>>, NodeError> {
+        let read = |value: &serde_json::Value| {
+            value.as_array()?.iter().map(|item| item.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>()
+        };
+        self.field(name, read)
+    }
+
+    /// The names of the fields, to refuse those not understood.
+    pub(crate) fn names(self) -> impl Iterator<Item = &'a str> {
+        self.0.keys().map(String::as_str)
+    }
 }
 
 #[cfg(test)]

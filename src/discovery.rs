@@ -38,9 +38,21 @@ impl Manifest {
             NodeKind::Cln => "CLN",
             NodeKind::Lnbits => "LNBITS",
         };
+        let info = &discovery.service;
+        let mut service = Map::new();
+        for (name, text) in [
+            ("name", &info.name),
+            ("description", &info.description),
+            ("operator", &info.operator),
+            ("contact", &info.contact),
+        ] {
+            if let Some(text) = text {
+                service.insert(name.to_owned(), json!(text));
+            }
+        }
         let body = json_text(&json!({
             "version": VERSION,
-            "service": discovery.service,
+            "service": service,
             "payment_methods": [{ "type": "lightning", "backend": backend }],
             "routes": routes,
         }));

@@ -3,11 +3,10 @@
 //! Pure: requests as data, answers parsed. Keys and values travel base64-encoded, as the gateway
 //! requires; 64-bit numbers arrive as strings (proto3 JSON).
 
-use crate::callout::{check_answer, check_status, parse_json, Callout};
+use crate::callout::{check_answer, check_status, parse_json, Answer, Callout};
 use crate::l402::encoding::{base64_decode, base64_encode, hex_decode_array, hex_encode};
 use crate::lightning::NodeError;
 use crate::meter::Ledger;
-use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashSet;
 
@@ -87,40 +86,24 @@ pub enum Swapped<T> {
     Changed(T),
 }
 
-#[derive(Deserialize)]
-struct TxnResponse {
-    #[serde(default)]
-    header: TxnHeader,
-    #[serde(default)]
-    succeeded: bool,
-    #[serde(default)]
-    responses: Vec<ResponseOp>,
+struct KeyValue<'a> {
+    key: &'a str,
+    value: &'a str,
+    mod_revision: &'a str,
 }
 
-#[derive(Deserialize, Default)]
-struct TxnHeader {
-    #[serde(default)]
-    revision: String,
-}
-
-#[derive(Deserialize)]
-struct ResponseOp {
-    response_range: Option<RangeResponse>,
-}
-
-#[derive(Deserialize)]
-struct RangeResponse {
-    #[serde(default)]
-    kvs: Vec<KeyValue>,
-}
-
-#[derive(Deserialize)]
-struct KeyValue {
-    key: String,
-    #[serde(default)]
-    value: String,
-    #[serde(default)]
-    mod_revision: String,
+/// The `kvs` of a range answer.
+fn key_values(range: Answer<'_>) -> Result<Vec<KeyValue<'_>>, NodeError> {
+    let kvs = range.opt_objects("kvs")?.unwrap_or_default();
+    kvs.into_iter()
+        .map(|kv| {
+            Ok(KeyValue {
+                key: kv.text("key")?,
+                value: kv.opt_text("value")?.unwrap_or_default(),
+                mod_revision: kv.opt_text("mod_revision")?.unwrap_or_default(),
+            })
+        })
+        .collect()
 }
 
 /// A key's value and modification revision, as a lost swap read them (`None`: absent).
@@ -129,19 +112,27 @@ type Stored = Option<(Vec<u8>, String)>;
 /// A swap's answer: written, or what the key holds now.
 fn parse_swap(status: Option<u32>, body: &[u8]) -> Result<Swapped<Stored>, NodeError> {
     check_answer(status, body)?;
-    let answer: TxnResponse = parse_json(body)?;
-    if answer.succeeded {
-        return Ok(Swapped::Written { revision: answer.header.revision });
+    let json = parse_json(body)?;
+    // proto3 JSON leaves out what has its default value: false, "", [].
+    let answer = Answer::of(&json)?;
+    if answer.opt_flag("succeeded")?.unwrap_or(false) {
+        let header = answer.opt_object("header")?;
+        let revision = header.map(|h| h.opt_text("revision")).transpose()?.flatten().unwrap_or_default();
+        return Ok(Swapped::Written { revision: revision.to_owned() });
     }
-    let Some(kv) = answer.responses.into_iter().find_map(|op| op.response_range).and_then(|r| r.kvs.into_iter().next())
+    let mut ranges = Vec::new();
+    for op in answer.opt_objects("responses")?.unwrap_or_default() {
+        ranges.extend(op.opt_object("response_range")?);
+    }
+    let Some(kv) = ranges.first().map(|range| key_values(*range)).transpose()?.and_then(|kvs| kvs.into_iter().next())
     else {
         return Ok(Swapped::Changed(None));
     };
-    let value = base64_decode(&kv.value).ok_or(NodeError::BadResponse("value is not base64"))?;
+    let value = base64_decode(kv.value).ok_or(NodeError::BadResponse("value is not base64"))?;
     if kv.mod_revision.is_empty() || !kv.mod_revision.bytes().all(|b| b.is_ascii_digit()) {
         return Err(NodeError::BadResponse("mod_revision is not a number"));
     }
-    Ok(Swapped::Changed(Some((value, kv.mod_revision))))
+    Ok(Swapped::Changed(Some((value, kv.mod_revision.to_owned()))))
 }
 
 pub fn parse_count(status: Option<u32>, body: &[u8]) -> Result<Swapped<Seen>, NodeError> {
@@ -198,12 +189,12 @@ pub fn list_revoked(prefix: &str) -> Callout {
 /// Token ids named by the keys under the revocation prefix; other keys are ignored.
 pub fn parse_revoked(prefix: &str, status: Option<u32>, body: &[u8]) -> Result<HashSet<[u8; 32]>, NodeError> {
     check_status(status)?;
-    let answer: RangeResponse = parse_json(body)?;
+    let json = parse_json(body)?;
+    let kvs = key_values(Answer::of(&json)?)?;
     let start = revoked_prefix(prefix);
-    Ok(answer
-        .kvs
+    Ok(kvs
         .iter()
-        .filter_map(|kv| base64_decode(&kv.key))
+        .filter_map(|kv| base64_decode(kv.key))
         .filter_map(|key| String::from_utf8(key).ok())
         .filter_map(|key| key.strip_prefix(&start).and_then(hex_decode_array::<32>))
         .collect())

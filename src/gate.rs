@@ -593,7 +593,7 @@ mod tests {
         let request = charge_request(amount_sat, "", "lnbcrt1x", &hash);
         let mut params = Params::charge(service.into(), request, rfc3339(1000), &binding);
         config.payment_keys.sign(&mut params);
-        let body = json!({ "challenge": params, "payload": { "preimage": hex_encode(&PREIMAGE) } });
+        let body = json!({ "challenge": params.to_json(), "payload": { "preimage": hex_encode(&PREIMAGE) } });
         format!("Payment {}", base64url_encode(body.to_string().as_bytes()))
     }
 

@@ -1,10 +1,9 @@
 //! Dynamic prices: the operator's pricing endpoint names the price of a request, and the answer is
 //! cached per (method, path) for a while. Pure: requests as data, answers parsed into a [`Quote`].
 
-use crate::callout::{check_answer, parse_json, Callout};
+use crate::callout::{check_answer, parse_json, Answer, Callout};
 use crate::config::{is_token_text, Pricing};
 use crate::lightning::NodeError;
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
@@ -38,32 +37,31 @@ pub fn price_request(
     Callout::post_json(pricing.path.clone(), None, &body)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Answer {
-    price_msat: Option<u64>,
-    price_sat: Option<u64>,
-    lifetime_s: Option<u64>,
-    capabilities: Option<Vec<String>>,
-}
+/// The fields a quote may have; any other is refused, as a pricer's mistake.
+const QUOTE_FIELDS: [&str; 4] = ["price_msat", "price_sat", "lifetime_s", "capabilities"];
 
 pub fn parse_quote(status: Option<u32>, body: &[u8]) -> Result<Quote, NodeError> {
     check_answer(status, body)?;
-    let answer: Answer = parse_json(body)?;
-    let price_msat = match (answer.price_msat, answer.price_sat) {
+    let json = parse_json(body)?;
+    let answer = Answer::of(&json)?;
+    if !answer.names().all(|name| QUOTE_FIELDS.contains(&name)) {
+        return Err(NodeError::BadResponse("not the expected JSON"));
+    }
+    let (lifetime_s, capabilities) = (answer.opt_whole("lifetime_s")?, answer.opt_texts("capabilities")?);
+    let price_msat = match (answer.opt_whole("price_msat")?, answer.opt_whole("price_sat")?) {
         (Some(msat), None) => Some(msat),
         (None, Some(sat)) => sat.checked_mul(1000),
         _ => None,
     }
     .filter(|p| (1..=MAX_PRICE_MSAT).contains(p))
     .ok_or(NodeError::BadResponse("give one positive price_msat or price_sat"))?;
-    if answer.lifetime_s == Some(0) {
+    if lifetime_s == Some(0) {
         return Err(NodeError::BadResponse("lifetime_s must be at least 1"));
     }
-    if answer.capabilities.as_ref().is_some_and(|caps| !caps.iter().all(|c| is_token_text(c))) {
+    if capabilities.as_ref().is_some_and(|caps| !caps.iter().all(|c| is_token_text(c))) {
         return Err(NodeError::BadResponse("capabilities must be characters of A-Z a-z 0-9 . -"));
     }
-    Ok(Quote { price_msat, lifetime_s: answer.lifetime_s, capabilities: answer.capabilities })
+    Ok(Quote { price_msat, lifetime_s, capabilities })
 }
 
 /// Quotes per (method, path), each valid until its expiry (unix seconds).

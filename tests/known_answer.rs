@@ -131,7 +131,7 @@ mod mpp {
     }
 
     fn params(case: &Value) -> Params {
-        serde_json::from_value(case["params"].clone()).expect("the vector's params")
+        Params::from_json(&case["params"]).expect("the vector's params")
     }
 
     fn vector_keys() -> IdKeys {
@@ -214,7 +214,7 @@ mod mpp {
             let presented = presented.unwrap_or_else(|e| panic!("{name}: {e}"));
             let credential: Value = serde_json::from_str(text(&case, "credentialJson")).expect("JSON");
             // Every echoed parameter, none more and none less (empty optional ones are absent).
-            let echoed = serde_json::to_value(&presented.challenge).expect("params serialize");
+            let echoed = presented.challenge.to_json();
             assert_eq!(echoed, credential["challenge"], "{name}");
             assert_eq!(presented.preimage, text(&credential["payload"], "preimage"), "{name}");
             let outcome = verify(&keys, header, 0).err();

@@ -348,7 +348,7 @@ pub fn other_payment_keys() -> IdKeys {
 
 /// `Authorization: Payment` for `challenge` and a preimage as it is written in the payload.
 pub fn payment_header(challenge: &Params, preimage: &str) -> String {
-    let json = serde_json::json!({ "challenge": challenge, "payload": { "preimage": preimage } });
+    let json = serde_json::json!({ "challenge": challenge.to_json(), "payload": { "preimage": preimage } });
     format!("Payment {}", base64url_encode(json.to_string().as_bytes()))
 }
 

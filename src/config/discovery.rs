@@ -2,7 +2,6 @@
 
 use super::read::Fields;
 use super::ConfigError;
-use serde::Serialize;
 
 const DEFAULT_PATH: &str = "/.well-known/l402-services";
 const DEFAULT_MAX_AGE_S: u32 = 300;
@@ -18,15 +17,11 @@ pub(super) struct RawDiscovery {
 }
 
 /// Who runs the API, as the manifest's `service` object states it; every field optional.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceInfo {
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub operator: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub contact: Option<String>,
 }
 

@@ -1,9 +1,8 @@
 //! Core Lightning's clnrest: `POST /v1/invoice` with JSON params, authenticated by a `Rune` header.
 
 use super::{Callout, Invoice, InvoiceOrder, NodeError};
-use crate::callout::parse_json;
+use crate::callout::{parse_json, Answer};
 use crate::l402::encoding::hex_decode_array;
-use serde::Deserialize;
 use serde_json::json;
 
 pub fn create_invoice(rune: &str, order: &InvoiceOrder<'_>) -> Callout {
@@ -16,36 +15,23 @@ pub fn create_invoice(rune: &str, order: &InvoiceOrder<'_>) -> Callout {
     Callout::post_json("/v1/invoice", Some(("rune", rune)), &body)
 }
 
-#[derive(Deserialize)]
-struct InvoiceResponse {
-    bolt11: String,
-    payment_hash: String,
-}
-
 pub fn parse_created(body: &[u8]) -> Result<Invoice, NodeError> {
-    let answer: InvoiceResponse = parse_json(body)?;
-    let payment_hash = hex_decode_array::<32>(&answer.payment_hash)
-        .ok_or(NodeError::BadResponse("payment_hash is not 32 bytes of hex"))?;
-    Ok(Invoice { payment_hash, bolt11: answer.bolt11 })
+    let json = parse_json(body)?;
+    let answer = Answer::of(&json)?;
+    let (bolt11, payment_hash) = (answer.text("bolt11")?, answer.text("payment_hash")?);
+    let payment_hash =
+        hex_decode_array::<32>(payment_hash).ok_or(NodeError::BadResponse("payment_hash is not 32 bytes of hex"))?;
+    Ok(Invoice { payment_hash, bolt11: bolt11.to_owned() })
 }
 
 pub fn list_invoices(rune: &str, payment_hash_hex: &str) -> Callout {
     Callout::post_json("/v1/listinvoices", Some(("rune", rune)), &json!({ "payment_hash": payment_hash_hex }))
 }
 
-#[derive(Deserialize)]
-struct ListInvoices {
-    invoices: Vec<ListedInvoice>,
-}
-
-#[derive(Deserialize)]
-struct ListedInvoice {
-    status: String,
-}
-
 pub fn parse_settled(body: &[u8]) -> Result<bool, NodeError> {
-    let answer: ListInvoices = parse_json(body)?;
-    Ok(answer.invoices.iter().any(|i| i.status == "paid"))
+    let json = parse_json(body)?;
+    let statuses = Answer::of(&json)?.objects("invoices")?.into_iter().map(|invoice| invoice.text("status"));
+    statuses.collect::<Result<Vec<_>, _>>().map(|statuses| statuses.contains(&"paid"))
 }
 
 #[cfg(test)]

@@ -1,9 +1,8 @@
 //! LNbits: `POST /api/v1/payments` with `"out": false`, authenticated by the wallet's invoice key.
 
 use super::{Callout, Invoice, InvoiceOrder, NodeError};
-use crate::callout::parse_json;
+use crate::callout::{parse_json, Answer};
 use crate::l402::encoding::hex_decode_array;
-use serde::Deserialize;
 use serde_json::json;
 
 pub fn create_invoice(invoice_key: &str, order: &InvoiceOrder<'_>) -> Callout {
@@ -18,35 +17,25 @@ pub fn create_invoice(invoice_key: &str, order: &InvoiceOrder<'_>) -> Callout {
     Callout::post_json("/api/v1/payments", Some(("x-api-key", invoice_key)), &body)
 }
 
-#[derive(Deserialize)]
-struct CreateResponse {
-    payment_hash: String,
-    bolt11: Option<String>,
-    /// The name older LNbits versions used.
-    payment_request: Option<String>,
-}
-
 pub fn parse_created(body: &[u8]) -> Result<Invoice, NodeError> {
-    let answer: CreateResponse = parse_json(body)?;
-    let payment_hash = hex_decode_array::<32>(&answer.payment_hash)
+    let json = parse_json(body)?;
+    let answer = Answer::of(&json)?;
+    let payment_hash = hex_decode_array::<32>(answer.text("payment_hash")?)
         .ok_or(NodeError::BadResponse("payment_hash is not 32 bytes of hex"))?;
-    let bolt11 = answer.bolt11.or(answer.payment_request).ok_or(NodeError::BadResponse("no bolt11 in the answer"))?;
-    Ok(Invoice { payment_hash, bolt11 })
+    // `payment_request`: the name older LNbits versions used.
+    let (bolt11, payment_request) = (answer.opt_text("bolt11")?, answer.opt_text("payment_request")?);
+    let bolt11 = bolt11.or(payment_request).ok_or(NodeError::BadResponse("no bolt11 in the answer"))?;
+    Ok(Invoice { payment_hash, bolt11: bolt11.to_owned() })
 }
 
 pub fn payment_status(invoice_key: &str, payment_hash_hex: &str) -> Callout {
     Callout::get(format!("/api/v1/payments/{payment_hash_hex}"), ("x-api-key", invoice_key))
 }
 
-#[derive(Deserialize)]
-struct PaymentStatus {
-    paid: bool,
-}
-
 /// Trusts `paid`, never `preimage` (LNbits on some funding sources reports all-zero preimages).
 pub fn parse_settled(body: &[u8]) -> Result<bool, NodeError> {
-    let answer: PaymentStatus = parse_json(body)?;
-    Ok(answer.paid)
+    let json = parse_json(body)?;
+    Answer::of(&json)?.flag("paid")
 }
 
 #[cfg(test)]

@@ -2,11 +2,10 @@
 //! (64-bit integers as strings, `bytes` as base64).
 
 use super::{Callout, Invoice, InvoiceOrder, NodeError};
-use crate::callout::parse_json;
+use crate::callout::{parse_json, Answer};
 
 const MACAROON_HEADER: &str = "grpc-metadata-macaroon";
 use crate::l402::encoding::base64_decode;
-use serde::Deserialize;
 use serde_json::json;
 
 pub fn create_invoice(macaroon_hex: &str, order: &InvoiceOrder<'_>) -> Callout {
@@ -18,33 +17,24 @@ pub fn create_invoice(macaroon_hex: &str, order: &InvoiceOrder<'_>) -> Callout {
     Callout::post_json("/v1/invoices", Some((MACAROON_HEADER, macaroon_hex)), &body)
 }
 
-#[derive(Deserialize)]
-struct AddInvoiceResponse {
-    r_hash: String,
-    payment_request: String,
-}
-
 pub fn parse_created(body: &[u8]) -> Result<Invoice, NodeError> {
-    let answer: AddInvoiceResponse = parse_json(body)?;
-    let payment_hash = base64_decode(&answer.r_hash)
+    let json = parse_json(body)?;
+    let answer = Answer::of(&json)?;
+    let (r_hash, bolt11) = (answer.text("r_hash")?, answer.text("payment_request")?);
+    let payment_hash = base64_decode(r_hash)
         .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
         .ok_or(NodeError::BadResponse("r_hash is not 32 bytes of base64"))?;
-    Ok(Invoice { payment_hash, bolt11: answer.payment_request })
+    Ok(Invoice { payment_hash, bolt11: bolt11.to_owned() })
 }
 
 pub fn lookup_invoice(macaroon_hex: &str, payment_hash_hex: &str) -> Callout {
     Callout::get(format!("/v1/invoice/{payment_hash_hex}"), (MACAROON_HEADER, macaroon_hex))
 }
 
-#[derive(Deserialize)]
-struct LookupResponse {
-    state: String,
-}
-
 /// `SETTLED` is the only state of a paid invoice (`ACCEPTED` is a held one, not yet paid).
 pub fn parse_settled(body: &[u8]) -> Result<bool, NodeError> {
-    let answer: LookupResponse = parse_json(body)?;
-    Ok(answer.state == "SETTLED")
+    let json = parse_json(body)?;
+    Ok(Answer::of(&json)?.text("state")? == "SETTLED")
 }
 
 #[cfg(test)]

@@ -9,8 +9,7 @@ use crate::l402::macaroon::HmacSha256;
 use crate::l402::SecretRing;
 use core::fmt;
 use hmac::Mac;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 
 pub const SCHEME: &str = "Payment";
@@ -18,7 +17,7 @@ pub const METHOD_LIGHTNING: &str = "lightning";
 pub const INTENT_CHARGE: &str = "charge";
 
 /// The auth-params of a challenge; a credential echoes them back unchanged.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Params {
     pub id: String,
     pub realm: String,
@@ -27,15 +26,11 @@ pub struct Params {
     /// base64url of the canonical JSON of the charge request.
     pub request: String,
     /// RFC 3339; optional in the draft, always set by us.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub expires: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub digest: String,
     /// Not covered by the challenge id: informative only.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     /// base64url of canonical JSON: what the challenge was issued for (see [`Binding`]).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub opaque: String,
 }
 
@@ -51,6 +46,44 @@ impl Params {
             opaque: binding.encode(),
             ..Params::default()
         }
+    }
+
+    /// The parameters as a credential echoes them: an object of strings, the optional ones
+    /// absent or empty. Other members (a session intent's) are ignored.
+    pub fn from_json(value: &Value) -> Option<Params> {
+        let object = value.as_object()?;
+        let text = |name: &str| object.get(name)?.as_str().map(str::to_owned);
+        let optional = |name: &str| object.get(name).map_or(Some(String::new()), |v| v.as_str().map(str::to_owned));
+        Some(Params {
+            id: text("id")?,
+            realm: text("realm")?,
+            method: text("method")?,
+            intent: text("intent")?,
+            request: text("request")?,
+            expires: optional("expires")?,
+            digest: optional("digest")?,
+            description: optional("description")?,
+            opaque: optional("opaque")?,
+        })
+    }
+
+    /// The parameters as a client echoes them: the optional ones left out when empty.
+    pub fn to_json(&self) -> Value {
+        let mut members = Map::new();
+        let required = [("id", &self.id), ("realm", &self.realm), ("method", &self.method), ("intent", &self.intent)];
+        let optional = [
+            ("expires", &self.expires),
+            ("digest", &self.digest),
+            ("description", &self.description),
+            ("opaque", &self.opaque),
+        ];
+        for (name, value) in required.into_iter().chain([("request", &self.request)]) {
+            members.insert(name.to_owned(), json!(value));
+        }
+        for (name, value) in optional.into_iter().filter(|(_, value)| !value.is_empty()) {
+            members.insert(name.to_owned(), json!(value));
+        }
+        Value::Object(members)
     }
 
     /// The input of the challenge id: seven positional slots joined by `|`, empty when absent
@@ -167,21 +200,43 @@ pub fn charge_request(amount_sat: u64, description: &str, invoice: &str, payment
 /// shared with the L402 token minted for the same invoice, so that both dialects draw on one use
 /// count; and for a quoted price the method and path the quote was for (a cheap path's charge
 /// cannot buy an expensive one).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Binding {
     pub service: String,
     /// Hex.
     pub token_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
 }
 
 impl Binding {
     pub fn encode(&self) -> String {
-        let value = serde_json::to_value(self).unwrap_or_default();
-        base64url_encode(canonical(&value).as_bytes())
+        let mut members = Map::new();
+        members.insert("service".to_owned(), json!(self.service));
+        members.insert("token_id".to_owned(), json!(self.token_id));
+        for (name, value) in [("method", &self.method), ("path", &self.path)] {
+            if let Some(value) = value {
+                members.insert(name.to_owned(), json!(value));
+            }
+        }
+        base64url_encode(canonical(&Value::Object(members)).as_bytes())
+    }
+
+    /// `opaque` as [`Binding::encode`] writes it; a method or path may be absent or `null`.
+    pub fn decode(opaque: &str) -> Option<Binding> {
+        let value: Value = serde_json::from_slice(&base64url_decode(opaque)?).ok()?;
+        let object = value.as_object()?;
+        let text = |name: &str| object.get(name)?.as_str().map(str::to_owned);
+        let optional = |name: &str| match object.get(name) {
+            None | Some(Value::Null) => Some(None),
+            Some(value) => value.as_str().map(|text| Some(text.to_owned())),
+        };
+        Some(Binding {
+            service: text("service")?,
+            token_id: text("token_id")?,
+            method: optional("method")?,
+            path: optional("path")?,
+        })
     }
 }
 

@@ -6,7 +6,7 @@ use super::challenge::{Binding, IdKeys, Params, INTENT_CHARGE, METHOD_LIGHTNING,
 use super::wire::{base64url_decode, parse_rfc3339};
 use crate::l402::encoding::hex_decode_array;
 use core::fmt;
-use serde::Deserialize;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -65,31 +65,6 @@ impl fmt::Display for PaymentError {
             PaymentError::Replayed => write!(f, "the charge was already used: a charge credential buys one request"),
         }
     }
-}
-
-#[derive(Deserialize)]
-struct RawCredential {
-    challenge: Params,
-    payload: Payload,
-}
-
-#[derive(Deserialize)]
-struct Payload {
-    preimage: String,
-}
-
-#[derive(Deserialize)]
-struct ChargeRequest {
-    amount: String,
-    currency: String,
-    #[serde(rename = "methodDetails")]
-    method_details: MethodDetails,
-}
-
-#[derive(Deserialize)]
-struct MethodDetails {
-    #[serde(rename = "paymentHash")]
-    payment_hash: String,
 }
 
 /// A verified charge: the echoed challenge was ours, is unexpired, and its invoice was paid.
@@ -158,9 +133,12 @@ pub fn decode(value: &str) -> Result<Presented, PaymentError> {
     }
     let token = token(value).filter(|t| !t.is_empty()).ok_or(PaymentError::Malformed("no credential"))?;
     let json = base64url_decode(token).ok_or(PaymentError::Malformed("credential is not base64url"))?;
-    let credential: RawCredential =
-        serde_json::from_slice(&json).map_err(|_| PaymentError::Malformed("credential is not the expected JSON"))?;
-    Ok(Presented { challenge: credential.challenge, preimage: credential.payload.preimage })
+    let credential: Option<(Params, String)> = serde_json::from_slice::<Value>(&json).ok().and_then(|credential| {
+        let preimage = credential.get("payload")?.get("preimage")?.as_str()?.to_owned();
+        Some((Params::from_json(credential.get("challenge")?)?, preimage))
+    });
+    let (challenge, preimage) = credential.ok_or(PaymentError::Malformed("credential is not the expected JSON"))?;
+    Ok(Presented { challenge, preimage })
 }
 
 /// Parses and verifies a Payment credential at `now` (Unix seconds). The route's own checks (its
@@ -178,13 +156,19 @@ pub fn verify(keys: &IdKeys, value: &str, now: u64) -> Result<Charge, PaymentErr
     if now >= expires {
         return Err(PaymentError::Expired);
     }
-    let request = decode_json::<ChargeRequest>(&challenge.request).ok_or(PaymentError::Malformed("request"))?;
-    let binding = decode_json::<Binding>(&challenge.opaque).ok_or(PaymentError::Malformed("opaque"))?;
-    let payment_hash = hex_decode_array::<32>(&request.method_details.payment_hash)
-        .ok_or(PaymentError::Malformed("methodDetails.paymentHash"))?;
+    let request = base64url_decode(&challenge.request).and_then(|json| serde_json::from_slice::<Value>(&json).ok());
+    let text = |path: &[&str]| path.iter().try_fold(request.as_ref()?, |value, name| value.get(name))?.as_str();
+    let (Some(amount), Some(currency), Some(payment_hash)) =
+        (text(&["amount"]), text(&["currency"]), text(&["methodDetails", "paymentHash"]))
+    else {
+        return Err(PaymentError::Malformed("request"));
+    };
+    let binding = Binding::decode(&challenge.opaque).ok_or(PaymentError::Malformed("opaque"))?;
+    let payment_hash =
+        hex_decode_array::<32>(payment_hash).ok_or(PaymentError::Malformed("methodDetails.paymentHash"))?;
     let token_id = hex_decode_array::<32>(&binding.token_id).ok_or(PaymentError::Malformed("opaque token_id"))?;
-    let amount_sat = Some(request.amount.as_str())
-        .filter(|a| request.currency == "sat" && !a.starts_with('0') && a.bytes().all(|b| b.is_ascii_digit()))
+    let amount_sat = Some(amount)
+        .filter(|a| currency == "sat" && !a.starts_with('0') && a.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|a| a.parse::<u64>().ok())
         .ok_or(PaymentError::Malformed("amount"))?;
     let preimage =
@@ -194,10 +178,6 @@ pub fn verify(keys: &IdKeys, value: &str, now: u64) -> Result<Charge, PaymentErr
         return Err(PaymentError::PreimageMismatch);
     }
     Ok(Charge { challenge_id: challenge.id, payment_hash, token_id, amount_sat, binding })
-}
-
-fn decode_json<T: for<'de> Deserialize<'de>>(param: &str) -> Option<T> {
-    serde_json::from_slice(&base64url_decode(param)?).ok()
 }
 
 #[cfg(test)]
@@ -234,7 +214,7 @@ mod tests {
     }
 
     fn header(challenge: &Params, preimage: &str) -> String {
-        let json = json!({ "challenge": challenge, "payload": { "preimage": preimage } });
+        let json = json!({ "challenge": challenge.to_json(), "payload": { "preimage": preimage } });
         format!("Payment {}", base64url_encode(json.to_string().as_bytes()))
     }
 

@@ -54,7 +54,8 @@ fn write_value(out: &mut String, value: &Value) {
     }
 }
 
-fn write_string(out: &mut String, s: &str) {
+/// A JSON string as ECMAScript's `JSON.stringify` writes it.
+pub(super) fn write_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {

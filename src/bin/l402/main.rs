@@ -520,7 +520,7 @@ fn payment_inspect(args: &PaymentInspect) -> CliResult<ExitCode> {
     let presented = payment::decode(payment_value(&text)).map_err(|e| e.to_string())?;
     let challenge = &presented.challenge;
     let out = json!({
-        "challenge": challenge,
+        "challenge": challenge.to_json(),
         "request": decoded_param(&challenge.request),
         "opaque": decoded_param(&challenge.opaque),
         "expires_unix": parse_rfc3339(&challenge.expires),
