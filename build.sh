@@ -20,7 +20,7 @@ source scripts/lib.sh
 ENVOY_VERSION=1.40.0
 LNBITS_VERSION=1.6.2
 WASM_TARGET=wasm32-wasip1
-WASM_BUDGET_BYTES=$((664 * 1024))
+WASM_BUDGET_BYTES=$((480 * 1024))
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 
 # --- install steps ----------------------------------------------------------------------------

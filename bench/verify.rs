@@ -79,8 +79,10 @@ fn charge(keys: &IdKeys) -> String {
     let request = charge_request(10, "weather access", &invoice, &Sha256::digest(PREIMAGE).into());
     let mut params = Params::charge("weather".into(), request, rfc3339(4_000_000_000), &binding);
     keys.sign(&mut params);
-    let body = serde_json::json!({ "challenge": params.to_json(), "payload": { "preimage": hex_encode(&PREIMAGE) } });
-    format!("Payment {}", base64url_encode(body.to_string().as_bytes()))
+    let credential = l402::json::Object::new()
+        .with("challenge", params.to_json())
+        .with("payload", l402::json::Object::new().with("preimage", hex_encode(&PREIMAGE)));
+    format!("Payment {}", base64url_encode(l402::json::Json::from(credential).text().as_bytes()))
 }
 
 fn charge_benches(c: &mut Criterion) {

@@ -2,6 +2,7 @@
 //! plain data, and how their answers are read, for either host.
 
 use crate::config::Endpoint;
+use crate::json::{Json, Object};
 use crate::lightning::NodeError;
 
 /// An HTTP request, without the host-specific pseudo-headers for authority and scheme.
@@ -15,11 +16,11 @@ pub struct Callout {
 
 impl Callout {
     /// A POST of a JSON body, with `auth` (the credential header, if any) and the content type.
-    pub fn post_json(path: impl Into<String>, auth: Option<(&'static str, &str)>, body: &serde_json::Value) -> Callout {
+    pub fn post_json(path: impl Into<String>, auth: Option<(&'static str, &str)>, body: Object) -> Callout {
         let mut headers: Vec<(&'static str, String)> =
             auth.map(|(name, value)| (name, value.to_owned())).into_iter().collect();
         headers.push(("content-type", "application/json".to_owned()));
-        Callout { method: "POST", path: path.into(), headers, body: serde_json::to_vec(body).unwrap_or_default() }
+        Callout { method: "POST", path: path.into(), headers, body: Json::from(body).text().into_bytes() }
     }
 
     /// A GET with the credential header.
@@ -81,25 +82,21 @@ pub(crate) fn check_answer(status: Option<u32>, body: &[u8]) -> Result<(), NodeE
 const UNEXPECTED: NodeError = NodeError::BadResponse("not the expected JSON");
 
 /// A service's answer as JSON.
-pub(crate) fn parse_json(body: &[u8]) -> Result<serde_json::Value, NodeError> {
-    serde_json::from_slice(body).map_err(|_| UNEXPECTED)
+pub(crate) fn parse_json(body: &[u8]) -> Result<Json, NodeError> {
+    Json::parse(body).map_err(|_| UNEXPECTED)
 }
 
 /// One object of a service's answer, read field by field: `null` reads as absent, and a field of
 /// another type than asked makes the whole answer unexpected. Fields nobody asks for are ignored.
 #[derive(Clone, Copy)]
-pub(crate) struct Answer<'a>(&'a serde_json::Map<String, serde_json::Value>);
+pub(crate) struct Answer<'a>(&'a Object);
 
 impl<'a> Answer<'a> {
-    pub(crate) fn of(value: &'a serde_json::Value) -> Result<Answer<'a>, NodeError> {
+    pub(crate) fn of(value: &'a Json) -> Result<Answer<'a>, NodeError> {
         value.as_object().map(Answer).ok_or(UNEXPECTED)
     }
 
-    fn field<T>(
-        self,
-        name: &str,
-        read: impl FnOnce(&'a serde_json::Value) -> Option<T>,
-    ) -> Result<Option<T>, NodeError> {
+    fn field<T>(self, name: &str, read: impl FnOnce(&'a Json) -> Option<T>) -> Result<Option<T>, NodeError> {
         match self.0.get(name).filter(|value| !value.is_null()) {
             Some(value) => read(value).map(Some).ok_or(UNEXPECTED),
             None => Ok(None),
@@ -111,7 +108,7 @@ impl<'a> Answer<'a> {
     }
 
     pub(crate) fn opt_text(self, name: &str) -> Result<Option<&'a str>, NodeError> {
-        self.field(name, serde_json::Value::as_str)
+        self.field(name, Json::as_str)
     }
 
     pub(crate) fn flag(self, name: &str) -> Result<bool, NodeError> {
@@ -119,11 +116,11 @@ impl<'a> Answer<'a> {
     }
 
     pub(crate) fn opt_flag(self, name: &str) -> Result<Option<bool>, NodeError> {
-        self.field(name, serde_json::Value::as_bool)
+        self.field(name, Json::as_bool)
     }
 
     pub(crate) fn opt_whole(self, name: &str) -> Result<Option<u64>, NodeError> {
-        self.field(name, serde_json::Value::as_u64)
+        self.field(name, Json::as_u64)
     }
 
     pub(crate) fn opt_object(self, name: &str) -> Result<Option<Answer<'a>>, NodeError> {
@@ -135,12 +132,12 @@ impl<'a> Answer<'a> {
     }
 
     pub(crate) fn opt_objects(self, name: &str) -> Result<Option<Vec<Answer<'a>>>, NodeError> {
-        let Some(items) = self.field(name, serde_json::Value::as_array)? else { return Ok(None) };
+        let Some(items) = self.field(name, Json::as_array)? else { return Ok(None) };
         items.iter().map(Answer::of).collect::<Result<_, _>>().map(Some)
     }
 
     pub(crate) fn opt_texts(self, name: &str) -> Result<Option<Vec<String>>, NodeError> {
-        let read = |value: &serde_json::Value| {
+        let read = |value: &Json| {
             value.as_array()?.iter().map(|item| item.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>()
         };
         self.field(name, read)
@@ -148,20 +145,23 @@ impl<'a> Answer<'a> {
 
     /// The names of the fields, to refuse those not understood.
     pub(crate) fn names(self) -> impl Iterator<Item = &'a str> {
-        self.0.keys().map(String::as_str)
+        self.0.names()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn kong_style_callouts_carry_scheme_and_authority() {
         let endpoint =
             Endpoint { upstream: "10.0.0.5:8080".into(), authority: "lnd.internal".into(), tls: true, timeout_ms: 500 };
-        let call = Callout::post_json("/v1/invoices", Some(("grpc-metadata-macaroon", "0201")), &json!({"memo": "m"}));
+        let call = Callout::post_json(
+            "/v1/invoices",
+            Some(("grpc-metadata-macaroon", "0201")),
+            Object::new().with("memo", "m"),
+        );
         let length = call.body.len().to_string();
         let headers = call.headers(&endpoint, &length);
         assert_eq!(

@@ -3,11 +3,11 @@
 //! beside them). Rendered once per configuration, with its ETag, and answered by the filter.
 
 use crate::config::{Access, Config, HostMatch, NodeKind, PathMatch, Route, Service};
+use crate::json::{Json, Object};
 use crate::l402::caveats::{CAPABILITIES_SUFFIX, METHODS_SUFFIX, PATH_PREFIX_SUFFIX, SERVICES};
 use crate::l402::encoding::hex_encode;
 use crate::policy::path_only;
-use crate::response::{grpc, json_text, LocalResponse};
-use serde_json::{json, Map, Value};
+use crate::response::{error_body, grpc, LocalResponse};
 use sha2::{Digest, Sha256};
 
 /// The manifest layout's version, ngx_l402's `"1"`.
@@ -25,11 +25,11 @@ impl Manifest {
     /// The manifest of a configuration with discovery enabled.
     pub fn new(config: &Config) -> Option<Manifest> {
         let discovery = config.discovery.as_ref()?;
-        let routes: Vec<Value> = config
+        let routes: Vec<Json> = config
             .routes
             .iter()
             .filter_map(|route| match &route.access {
-                Access::Paid(service) if service.public => Some(route_entry(config, route, service)),
+                Access::Paid(service) if service.public => Some(route_entry(config, route, service).into()),
                 Access::Paid(_) | Access::Free => None,
             })
             .collect();
@@ -39,7 +39,7 @@ impl Manifest {
             NodeKind::Lnbits => "LNBITS",
         };
         let info = &discovery.service;
-        let mut service = Map::new();
+        let mut service = Object::new();
         for (name, text) in [
             ("name", &info.name),
             ("description", &info.description),
@@ -47,15 +47,16 @@ impl Manifest {
             ("contact", &info.contact),
         ] {
             if let Some(text) = text {
-                service.insert(name.to_owned(), json!(text));
+                service.insert(name, text);
             }
         }
-        let body = json_text(&json!({
-            "version": VERSION,
-            "service": service,
-            "payment_methods": [{ "type": "lightning", "backend": backend }],
-            "routes": routes,
-        }));
+        let method = Object::new().with("type", "lightning").with("backend", backend);
+        let manifest = Object::new()
+            .with("version", VERSION)
+            .with("service", service)
+            .with("payment_methods", vec![method])
+            .with("routes", routes);
+        let body = Json::from(manifest).text();
         let digest = Sha256::digest(body.as_bytes());
         let etag = format!("\"{}\"", hex_encode(digest.get(..16).unwrap_or_default()));
         let cache_control = format!("public, max-age={}", discovery.max_age_s);
@@ -88,9 +89,9 @@ impl Manifest {
     }
 
     pub fn method_not_allowed() -> LocalResponse {
-        let body = json!({ "error": "method_not_allowed", "reason": "method_not_allowed", "detail": "the manifest is read with GET or HEAD" });
+        let body = error_body("method_not_allowed", "method_not_allowed", "the manifest is read with GET or HEAD");
         let headers = vec![("allow", "GET, HEAD".to_owned()), ("content-type", "application/json".to_owned())];
-        local(405, headers, json_text(&body))
+        local(405, headers, Json::from(body).text())
     }
 }
 
@@ -103,7 +104,7 @@ fn names_etag(if_none_match: &str, etag: &str) -> bool {
     if_none_match.split(',').map(str::trim).any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }
 
-fn route_entry(config: &Config, route: &Route, service: &Service) -> Value {
+fn route_entry(config: &Config, route: &Route, service: &Service) -> Object {
     let (path, path_match) = match &route.path {
         PathMatch::Exact(p) => (p.clone(), "exact"),
         PathMatch::Prefix(p) => (p.clone(), "prefix"),
@@ -111,49 +112,49 @@ fn route_entry(config: &Config, route: &Route, service: &Service) -> Value {
         PathMatch::Any => ("/".to_owned(), "prefix"),
     };
     let price = match (service.dynamic_price, service.price_msat) {
-        (false, Some(msat)) => json!({ "type": "static", "amount_msat": msat, "amount_sat": msat.div_ceil(1000) }),
-        _ => json!({ "type": "dynamic" }),
+        (false, Some(msat)) => {
+            Object::new().with("type", "static").with("amount_msat", msat).with("amount_sat", msat.div_ceil(1000))
+        }
+        _ => Object::new().with("type", "dynamic"),
     };
     let schemes: Vec<&str> = [(service.schemes.l402, "l402"), (service.schemes.payment, "payment")]
         .iter()
         .filter(|s| s.0)
         .map(|s| s.1)
         .collect();
-    let mut entry = Map::new();
-    entry.insert("path".into(), path.into());
-    entry.insert("path_match".into(), path_match.into());
+    let mut entry = Object::new().with("path", path).with("path_match", path_match);
     if !route.methods.is_empty() {
-        entry.insert("methods".into(), json!(route.methods));
+        entry.insert("methods", route.methods.clone());
     }
     if let Some(host) = &route.host {
         let host = match host {
             HostMatch::Exact(name) => name.clone(),
             HostMatch::Suffix(suffix) => format!("*{suffix}"),
         };
-        entry.insert("host".into(), host.into());
+        entry.insert("host", host);
     }
-    entry.insert("service".into(), service.name.as_str().into());
-    entry.insert("price".into(), price);
-    entry.insert("schemes".into(), json!(schemes));
+    entry.insert("service", &service.name);
+    entry.insert("price", price);
+    entry.insert("schemes", schemes);
     if !service.capabilities.is_empty() {
-        entry.insert("capabilities".into(), json!(service.capabilities));
+        entry.insert("capabilities", service.capabilities.clone());
     }
     if service.schemes.l402 {
-        entry.insert("caveats_required".into(), json!(caveats(service)));
+        entry.insert("caveats_required", caveats(service));
         if let Some(lifetime) = service.lifetime_s {
-            entry.insert("macaroon_timeout_secs".into(), lifetime.into());
+            entry.insert("macaroon_timeout_secs", lifetime);
         }
         if config.node.macaroon_only {
-            entry.insert("auto_detect_payment".into(), true.into());
+            entry.insert("auto_detect_payment", true);
         }
     }
     if let Some(uses) = service.uses {
-        entry.insert("uses".into(), uses.into());
+        entry.insert("uses", uses);
     }
     if let Some(freebies) = service.freebies {
-        entry.insert("freebies".into(), json!({ "requests": freebies.requests, "period_s": freebies.period_s }));
+        entry.insert("freebies", Object::new().with("requests", freebies.requests).with("period_s", freebies.period_s));
     }
-    Value::Object(entry)
+    entry
 }
 
 /// The caveats every token of the service carries, as minted; the expiry and a quoted price's
@@ -177,6 +178,7 @@ fn caveats(service: &Service) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::testing::config_json;
+    use serde_json::{json, Value};
 
     fn manifest(routes: Value, discovery: Value) -> Option<Manifest> {
         let mut json = config_json(routes);

@@ -4,10 +4,10 @@
 //! requires; 64-bit numbers arrive as strings (proto3 JSON).
 
 use crate::callout::{check_answer, check_status, parse_json, Answer, Callout};
+use crate::json::{Json, Object};
 use crate::l402::encoding::{base64_decode, base64_encode, hex_decode_array, hex_encode};
 use crate::lightning::NodeError;
 use crate::meter::Ledger;
-use serde_json::json;
 use std::collections::HashSet;
 
 /// Most revoked token ids read per poll; the list is meant for exceptions.
@@ -48,34 +48,39 @@ pub struct SeenLedger {
 /// One compare-and-swap step on a balance: if it is still as `seen` (absent: `None`), write
 /// `ledger`; otherwise read it back.
 pub fn put_ledger(key: &str, seen: Option<&SeenLedger>, ledger: &Ledger) -> Callout {
-    let value = json!({ "total_msat": ledger.total_msat, "spent_msat": ledger.spent_msat });
-    swap(key, seen.map(|s| s.mod_revision.as_str()), value.to_string().as_bytes())
+    let value = Object::new().with("total_msat", ledger.total_msat).with("spent_msat", ledger.spent_msat);
+    swap(key, seen.map(|s| s.mod_revision.as_str()), Json::from(value).text().as_bytes())
 }
 
 /// A read of a balance, as a transaction that never writes: its answer is read like a lost swap.
 pub fn read_ledger(key: &str) -> Callout {
     let key64 = base64_encode(key.as_bytes());
-    let txn = json!({
-        "compare": [{ "key": key64, "result": "LESS", "target": "VERSION", "version": "0" }],
-        "failure": [{ "request_range": { "key": key64 } }],
-    });
-    Callout::post_json("/v3/kv/txn", None, &txn)
+    let compare =
+        Object::new().with("key", &key64).with("result", "LESS").with("target", "VERSION").with("version", "0");
+    let txn = Object::new().with("compare", vec![compare]).with("failure", vec![read_range(&key64)]);
+    Callout::post_json("/v3/kv/txn", None, txn)
 }
 
 /// A transaction that writes `value` at `key` if its modification revision is still `revision`, or
 /// if the key is absent when `revision` is `None`; otherwise it reads the key.
 fn swap(key: &str, revision: Option<&str>, value: &[u8]) -> Callout {
     let key64 = base64_encode(key.as_bytes());
+    let compare = Object::new().with("key", &key64).with("result", "EQUAL");
     let compare = match revision {
-        None => json!({ "key": key64, "result": "EQUAL", "target": "VERSION", "version": "0" }),
-        Some(revision) => json!({ "key": key64, "result": "EQUAL", "target": "MOD", "mod_revision": revision }),
+        None => compare.with("target", "VERSION").with("version", "0"),
+        Some(revision) => compare.with("target", "MOD").with("mod_revision", revision),
     };
-    let txn = json!({
-        "compare": [compare],
-        "success": [{ "request_put": { "key": key64, "value": base64_encode(value) } }],
-        "failure": [{ "request_range": { "key": key64 } }],
-    });
-    Callout::post_json("/v3/kv/txn", None, &txn)
+    let put = Object::new().with("key", &key64).with("value", base64_encode(value));
+    let txn = Object::new()
+        .with("compare", vec![compare])
+        .with("success", vec![Object::new().with("request_put", put)])
+        .with("failure", vec![read_range(&key64)]);
+    Callout::post_json("/v3/kv/txn", None, txn)
+}
+
+/// A transaction's operation reading one key.
+fn read_range(key64: &str) -> Object {
+    Object::new().with("request_range", Object::new().with("key", key64))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,8 +169,8 @@ pub fn parse_ledger(status: Option<u32>, body: &[u8]) -> Result<Swapped<Option<S
 
 /// A balance as stored: `{"total_msat": N, "spent_msat": M}`.
 fn read_ledger_value(value: &[u8]) -> Option<Ledger> {
-    let value: serde_json::Value = serde_json::from_slice(value).ok()?;
-    let amount = |name: &str| value.get(name).and_then(serde_json::Value::as_u64);
+    let value = Json::parse(value).ok()?;
+    let amount = |name: &str| value.get(name).and_then(Json::as_u64);
     Some(Ledger { total_msat: amount("total_msat")?, spent_msat: amount("spent_msat")? })
 }
 
@@ -177,13 +182,12 @@ pub fn list_revoked(prefix: &str) -> Callout {
     if let Some(last) = end.last_mut() {
         *last = last.saturating_add(1);
     }
-    let range = json!({
-        "key": base64_encode(start.as_bytes()),
-        "range_end": base64_encode(&end),
-        "keys_only": true,
-        "limit": MAX_REVOKED.to_string(),
-    });
-    Callout::post_json("/v3/kv/range", None, &range)
+    let range = Object::new()
+        .with("key", base64_encode(start.as_bytes()))
+        .with("range_end", base64_encode(&end))
+        .with("keys_only", true)
+        .with("limit", MAX_REVOKED.to_string());
+    Callout::post_json("/v3/kv/range", None, range)
 }
 
 /// Token ids named by the keys under the revocation prefix; other keys are ignored.

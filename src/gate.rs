@@ -581,7 +581,7 @@ mod tests {
     /// A paid charge as the gateway issues it: for `service` at `amount_sat`, token id 4, paid with
     /// PREIMAGE, expiring at 1000.
     fn charge(config: &Config, service: &str, amount_sat: u64, quoted: Option<(&str, &str)>) -> String {
-        use crate::payment::wire::{base64url_encode, rfc3339};
+        use crate::payment::wire::rfc3339;
         use crate::payment::{charge_request, Binding, Params};
         let binding = Binding {
             service: service.into(),
@@ -593,8 +593,7 @@ mod tests {
         let request = charge_request(amount_sat, "", "lnbcrt1x", &hash);
         let mut params = Params::charge(service.into(), request, rfc3339(1000), &binding);
         config.payment_keys.sign(&mut params);
-        let body = json!({ "challenge": params.to_json(), "payload": { "preimage": hex_encode(&PREIMAGE) } });
-        format!("Payment {}", base64url_encode(body.to_string().as_bytes()))
+        crate::testing::payment_header(&params, &hex_encode(&PREIMAGE))
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod discovery;
 mod filter;
 pub mod fleet;
 pub mod gate;
+pub mod json;
 pub mod l402;
 pub mod lightning;
 pub mod meter;

@@ -3,8 +3,8 @@
 
 use crate::callout::{check_answer, parse_json, Answer, Callout};
 use crate::config::{is_token_text, Pricing};
+use crate::json::Object;
 use crate::lightning::NodeError;
-use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
 /// The highest price a pricing endpoint may set: 21 million bitcoin, in msat.
@@ -28,13 +28,12 @@ pub fn price_request(
     service: &str,
     headers: &[(String, String)],
 ) -> Callout {
-    // Inserted one by one: collecting would sort the pairs first, and link a sort for this alone.
-    let mut map = Map::new();
+    let mut map = Object::new();
     for (name, value) in headers {
-        map.insert(name.clone(), Value::String(value.clone()));
+        map.insert(name, value);
     }
-    let body = json!({ "method": method, "path": path, "service": service, "headers": map });
-    Callout::post_json(pricing.path.clone(), None, &body)
+    let body = Object::new().with("method", method).with("path", path).with("service", service).with("headers", map);
+    Callout::post_json(pricing.path.clone(), None, body)
 }
 
 /// The fields a quote may have; any other is refused, as a pricer's mistake.

@@ -4,11 +4,11 @@
 use crate::browser::page::{content_security_policy, render, Page};
 use crate::config::Config;
 use crate::gate::Refusal;
+use crate::json::{Json, Object};
 use crate::l402::header::{challenge_from_base64, Scheme};
 use crate::lightning::NodeError;
 use crate::payment::PaymentError;
 use crate::policy::path::Ambiguity;
-use serde_json::json;
 
 /// gRPC status codes used when the request is gRPC: its clients read `grpc-status`, not `:status`.
 pub mod grpc {
@@ -32,29 +32,28 @@ pub struct LocalResponse {
 
 fn json_response(
     status: u32,
-    body: serde_json::Value,
+    body: Object,
     headers: Vec<(&'static str, String)>,
     grpc: (u32, &'static str),
 ) -> LocalResponse {
     typed_response(status, "application/json", body, headers, grpc)
 }
 
-/// JSON as text, written as the callouts' bodies are: `Value`'s `Display` would link a second
-/// serializer, one for a formatter. Writing a `Value` cannot fail.
-pub(crate) fn json_text(value: &serde_json::Value) -> String {
-    serde_json::to_string(value).unwrap_or_default()
+/// The body of a refusal or failure: what kind (`error`), the stable `reason`, and a sentence.
+pub(crate) fn error_body(error: &str, reason: &str, detail: &str) -> Object {
+    Object::new().with("error", error).with("reason", reason).with("detail", detail)
 }
 
 fn typed_response(
     status: u32,
     content_type: &str,
-    body: serde_json::Value,
+    body: Object,
     mut headers: Vec<(&'static str, String)>,
     (grpc_status, grpc_message): (u32, &'static str),
 ) -> LocalResponse {
     headers.push(("content-type", content_type.to_owned()));
     headers.push(("cache-control", "no-store".to_owned()));
-    LocalResponse { status, headers, body: json_text(&body), grpc_status, grpc_message }
+    LocalResponse { status, headers, body: Json::from(body).text(), grpc_status, grpc_message }
 }
 
 /// Whether a request's `content-type` makes it gRPC.
@@ -83,39 +82,33 @@ pub fn payment_required(config: &Config, offer: &Offer<'_>, refusal: Option<&Ref
     let grpc = (grpc::INTERNAL, "payment required");
     if is_problem(offer, refusal) {
         let (kind, title) = problem_type(refusal);
-        let body = json!({
-            "type": format!("{PROBLEM_BASE}{kind}"),
-            "title": title,
-            "status": 402,
-            "detail": refusal.map_or_else(|| "pay the invoice and retry with the Payment credential".to_owned(), Refusal::to_string),
-            "reason": refusal.map_or("payment_required", Refusal::code),
-            "service": service,
-            "price_sat": price_msat.div_ceil(1000),
-            "invoice": invoice,
-            "invoice_expires_in_s": expiry_s,
-        });
+        let detail = refusal
+            .map_or_else(|| "pay the invoice and retry with the Payment credential".to_owned(), Refusal::to_string);
+        let body = Object::new()
+            .with("type", format!("{PROBLEM_BASE}{kind}"))
+            .with("title", title)
+            .with("status", 402u32)
+            .with("detail", detail)
+            .with("reason", refusal.map_or("payment_required", Refusal::code))
+            .with("service", service)
+            .with("price_sat", price_msat.div_ceil(1000))
+            .with("invoice", invoice)
+            .with("invoice_expires_in_s", expiry_s);
         return typed_response(402, "application/problem+json", body, headers, grpc);
     }
     let (reason, detail) = match refusal {
         Some(r) => (r.code(), r.to_string()),
         None => ("payment_required", "pay the invoice and retry with the L402 credential".to_owned()),
     };
-    let mut body = json!({
-        "error": "payment_required",
-        "reason": reason,
-        "detail": detail,
-        "service": service,
-        "price_msat": price_msat,
-        "price_sat": price_msat.div_ceil(1000),
-        "invoice": invoice,
-        "invoice_expires_in_s": expiry_s,
-    });
-    if let (Some(Refusal::BalanceExhausted { balance_msat, reserve_msat }), Some(fields)) =
-        (refusal, body.as_object_mut())
-    {
+    let mut body = error_body("payment_required", reason, &detail)
+        .with("service", service)
+        .with("price_msat", price_msat)
+        .with("price_sat", price_msat.div_ceil(1000))
+        .with("invoice", invoice)
+        .with("invoice_expires_in_s", expiry_s);
+    if let Some(Refusal::BalanceExhausted { balance_msat, reserve_msat }) = refusal {
         // What is left on the old token, for a client deciding on a new bundle.
-        fields.insert("balance_msat".to_owned(), json!(balance_msat));
-        fields.insert("reserve_msat".to_owned(), json!(reserve_msat));
+        body = body.with("balance_msat", *balance_msat).with("reserve_msat", *reserve_msat);
     }
     json_response(challenge_status(config, offer, refusal), body, headers, grpc)
 }
@@ -188,8 +181,12 @@ pub fn redeemed(location: &str, set_cookie: String) -> LocalResponse {
 /// 403 for a redemption refused: the credential's reason as a paid request would get it, or
 /// `cross_site` for one posted from another site (it would plant that site's token in the browser).
 pub fn redemption_refused(reason: &str, detail: &str) -> LocalResponse {
-    let body = json!({ "error": "forbidden", "reason": reason, "detail": detail });
-    json_response(403, body, Vec::new(), (grpc::PERMISSION_DENIED, "redemption refused"))
+    json_response(
+        403,
+        error_body("forbidden", reason, detail),
+        Vec::new(),
+        (grpc::PERMISSION_DENIED, "redemption refused"),
+    )
 }
 
 /// Where the Payment scheme's problem types live (draft-httpauth-payment §8).
@@ -216,31 +213,32 @@ fn problem_type(refusal: Option<&Refusal>) -> (&'static str, &'static str) {
 
 /// 503: the gate cannot decide safely without the node, so nothing passes.
 pub fn node_failure(error: &NodeError) -> LocalResponse {
-    let body = json!({ "error": "node_unavailable", "reason": error.code(), "detail": error.to_string() });
+    let body = error_body("node_unavailable", error.code(), &error.to_string());
     json_response(503, body, vec![("retry-after", "5".to_owned())], (grpc::UNAVAILABLE, "lightning node unavailable"))
 }
 
 /// 503: the route's price comes from the pricing endpoint, which failed, and the route has no
 /// static price to fall back on.
 pub fn pricing_failure(error: &NodeError) -> LocalResponse {
-    let body = json!({ "error": "pricing_unavailable", "reason": "pricing_unavailable", "detail": format!("the pricing endpoint failed ({})", error.code()) });
+    let detail = format!("the pricing endpoint failed ({})", error.code());
+    let body = error_body("pricing_unavailable", "pricing_unavailable", &detail);
     json_response(503, body, vec![("retry-after", "5".to_owned())], (grpc::UNAVAILABLE, "pricing unavailable"))
 }
 
 /// 503 for a failure inside the gateway itself (e.g. the host could not dispatch the callout).
 pub fn gateway_failure(detail: &str) -> LocalResponse {
-    let body = json!({ "error": "gateway_error", "reason": "gateway_error", "detail": detail });
-    json_response(503, body, Vec::new(), (grpc::UNAVAILABLE, "gateway error"))
+    json_response(
+        503,
+        error_body("gateway_error", "gateway_error", detail),
+        Vec::new(),
+        (grpc::UNAVAILABLE, "gateway error"),
+    )
 }
 
 /// 429: this client network asked for too many invoices; it may retry after `retry_after_s`.
 pub fn too_many_challenges(retry_after_s: u64) -> LocalResponse {
-    let body = json!({
-        "error": "too_many_requests",
-        "reason": "challenge_rate_limited",
-        "detail": "too many unpaid requests from this network; pay an invoice already issued or retry later",
-        "retry_after_s": retry_after_s,
-    });
+    let detail = "too many unpaid requests from this network; pay an invoice already issued or retry later";
+    let body = error_body("too_many_requests", "challenge_rate_limited", detail).with("retry_after_s", retry_after_s);
     json_response(
         429,
         body,
@@ -251,36 +249,52 @@ pub fn too_many_challenges(retry_after_s: u64) -> LocalResponse {
 
 /// 403 for a request no route rule covers, under `unmatched: deny`.
 pub fn no_route() -> LocalResponse {
-    let body = json!({ "error": "forbidden", "reason": "no_route", "detail": "no route rule covers this request" });
-    json_response(403, body, Vec::new(), (grpc::PERMISSION_DENIED, "no route"))
+    json_response(
+        403,
+        error_body("forbidden", "no_route", "no route rule covers this request"),
+        Vec::new(),
+        (grpc::PERMISSION_DENIED, "no route"),
+    )
 }
 
 /// 400 for a path an upstream could read as another path than the one the filter decided on.
 pub fn ambiguous_path(why: &Ambiguity) -> LocalResponse {
-    let body = json!({ "error": "bad_request", "reason": "ambiguous_path", "detail": why.to_string() });
-    json_response(400, body, Vec::new(), (grpc::INVALID_ARGUMENT, "ambiguous path"))
+    json_response(
+        400,
+        error_body("bad_request", "ambiguous_path", &why.to_string()),
+        Vec::new(),
+        (grpc::INVALID_ARGUMENT, "ambiguous path"),
+    )
 }
 
 /// 400 where the host cannot remove a request header (nginx): a client's copy of a header the
 /// filter sets for the upstream would pass as the filter's, so the request is refused.
 pub fn reserved_header(name: &str) -> LocalResponse {
     let detail = format!("{name} is set by the gateway for the upstream and may not come from the client");
-    let body = json!({ "error": "bad_request", "reason": "reserved_header", "detail": detail });
-    json_response(400, body, Vec::new(), (grpc::INVALID_ARGUMENT, "reserved header"))
+    json_response(
+        400,
+        error_body("bad_request", "reserved_header", &detail),
+        Vec::new(),
+        (grpc::INVALID_ARGUMENT, "reserved header"),
+    )
 }
 
 /// 500 for every request of a route whose filter configuration was refused (on a host that cannot
 /// refuse it at load); the gateway's error log names the field.
 pub fn misconfigured() -> LocalResponse {
-    let body = json!({ "error": "gateway_error", "reason": "invalid_configuration", "detail": "the paywall's configuration was refused; see the gateway's error log" });
-    json_response(500, body, Vec::new(), (grpc::INTERNAL, "invalid paywall configuration"))
+    let detail = "the paywall's configuration was refused; see the gateway's error log";
+    json_response(
+        500,
+        error_body("gateway_error", "invalid_configuration", detail),
+        Vec::new(),
+        (grpc::INTERNAL, "invalid paywall configuration"),
+    )
 }
 
 /// The body that replaces an upstream answer to a request the filter never admitted.
 pub fn withheld_body() -> String {
-    json_text(
-        &json!({ "error": "gateway_error", "reason": "not_admitted", "detail": "the gateway resumed a request the paywall did not admit" }),
-    )
+    let detail = "the gateway resumed a request the paywall did not admit";
+    Json::from(error_body("gateway_error", "not_admitted", detail)).text()
 }
 
 /// `body` padded with spaces to `declared` bytes, or no body where it does not fit; as it is without a
@@ -296,6 +310,7 @@ pub fn fit_to_length(body: String, declared: Option<usize>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn a_replacement_body_takes_the_declared_length() {

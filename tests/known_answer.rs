@@ -101,6 +101,7 @@ fn vector_decodes_and_verifies() {
 // the gateway writes challenges and never reads one.
 
 mod mpp {
+    use l402::json::Json;
     use l402::l402::encoding::{hex_decode, hex_encode};
     use l402::payment::receipt::receipt;
     use l402::payment::wire::{base64url_decode, base64url_encode, parse_rfc3339};
@@ -131,7 +132,12 @@ mod mpp {
     }
 
     fn params(case: &Value) -> Params {
-        Params::from_json(&case["params"]).expect("the vector's params")
+        Params::from_json(&ours(&case["params"])).expect("the vector's params")
+    }
+
+    /// A vector's JSON as the filter's JSON.
+    fn ours(value: &Value) -> Json {
+        Json::parse(value.to_string().as_bytes()).expect("serde_json writes JSON")
     }
 
     fn vector_keys() -> IdKeys {
@@ -142,19 +148,29 @@ mod mpp {
         IdKeys::new([secret.as_slice()])
     }
 
+    /// Cases whose numbers are not integers ECMAScript holds exactly: `jcs` refuses them (the
+    /// gateway canonicalizes only its own values, which carry amounts as strings).
+    const INEXACT_NUMBERS: [&str; 6] = [
+        "integers above the exactly representable range",
+        "magnitudes beyond the int64 range",
+        "notation boundaries",
+        "signed zero",
+        "number literals are re-rendered",
+        "opaque correlation data",
+    ];
+
     #[test]
     fn canonicalization() {
         for (name, case) in group("canonicalization") {
-            let parsed = serde_json::from_str::<Value>(text(&case, "input"));
+            let parsed = Json::parse(text(&case, "input").as_bytes());
             if is_error(&case) {
                 // Malformed JSON never reaches jcs::canonical: the parser refuses it.
                 assert!(parsed.is_err(), "{name}: malformed input parsed");
                 continue;
             }
-            // Every input here is JSON that serde_json reads (none has a lone surrogate, which
-            // serde_json refuses and ECMAScript keeps); a case that is not would fail here.
-            let parsed = parsed.unwrap_or_else(|e| panic!("{name}: serde_json refuses the input: {e}"));
-            assert_eq!(jcs::canonical(&parsed), text(&case, "canonical"), "{name}");
+            let parsed = parsed.unwrap_or_else(|e| panic!("{name}: the input is refused: {e}"));
+            let expected = (!INEXACT_NUMBERS.contains(&name.as_str())).then(|| text(&case, "canonical").to_owned());
+            assert_eq!(jcs::canonical(&parsed), expected, "{name}");
         }
     }
 
@@ -214,7 +230,7 @@ mod mpp {
             let presented = presented.unwrap_or_else(|e| panic!("{name}: {e}"));
             let credential: Value = serde_json::from_str(text(&case, "credentialJson")).expect("JSON");
             // Every echoed parameter, none more and none less (empty optional ones are absent).
-            let echoed = presented.challenge.to_json();
+            let echoed: Value = serde_json::from_str(&presented.challenge.to_json().text()).expect("JSON");
             assert_eq!(echoed, credential["challenge"], "{name}");
             assert_eq!(presented.preimage, text(&credential["payload"], "preimage"), "{name}");
             let outcome = verify(&keys, header, 0).err();

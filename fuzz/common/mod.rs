@@ -348,8 +348,10 @@ pub fn other_payment_keys() -> IdKeys {
 
 /// `Authorization: Payment` for `challenge` and a preimage as it is written in the payload.
 pub fn payment_header(challenge: &Params, preimage: &str) -> String {
-    let json = serde_json::json!({ "challenge": challenge.to_json(), "payload": { "preimage": preimage } });
-    format!("Payment {}", base64url_encode(json.to_string().as_bytes()))
+    let credential = l402::json::Object::new()
+        .with("challenge", challenge.to_json())
+        .with("payload", l402::json::Object::new().with("preimage", preimage));
+    format!("Payment {}", base64url_encode(l402::json::Json::from(credential).text().as_bytes()))
 }
 
 /// A Lightning charge to issue and pay, written as `!` and then one field a line: realm,

@@ -20,6 +20,7 @@ pub use routes::{Access, Freebies, Glob, HostMatch, PathMatch, Route, Service};
 use schemes::RawPayment;
 pub use schemes::Schemes;
 
+use crate::json::Json;
 use crate::l402::encoding::{hex_decode, hex_decode_array};
 use crate::l402::SecretRing;
 use crate::payment::IdKeys;
@@ -484,8 +485,7 @@ pub struct Config {
 impl Config {
     /// Parses and validates a config; `env` resolves `{"env": NAME}` sources.
     pub fn parse(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let document: serde_json::Value =
-            serde_json::from_slice(json).map_err(|e| ConfigError::new("config", e.to_string()))?;
+        let document = Json::parse(json).map_err(|e| ConfigError::new("config", e.to_string()))?;
         RawConfig::read(Fields::document(&document, None)?)?.validate(env)
     }
 

@@ -3,7 +3,7 @@
 //! A derived deserializer did the same at about a quarter of the module's size.
 
 use super::ConfigError;
-use serde_json::{Map, Value};
+use crate::json::{Json, Object};
 use std::cell::RefCell;
 
 /// A field's JSON type as the reader takes it.
@@ -62,7 +62,7 @@ pub(super) enum Source<T> {
 
 /// One JSON object of the config; absent objects read as empty, so every field takes its default.
 pub(super) struct Fields<'a> {
-    map: Option<&'a Map<String, Value>>,
+    map: Option<&'a Object>,
     path: String,
     shape: String,
     asked: Vec<&'static str>,
@@ -70,7 +70,7 @@ pub(super) struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    pub(super) fn document(value: &'a Value, trace: Option<&'a Trace>) -> Result<Fields<'a>, ConfigError> {
+    pub(super) fn document(value: &'a Json, trace: Option<&'a Trace>) -> Result<Fields<'a>, ConfigError> {
         let map = value.as_object().ok_or_else(|| ConfigError::new("config", "must be an object"))?;
         Ok(Fields { map: Some(map), path: String::new(), shape: String::new(), asked: Vec::new(), trace })
     }
@@ -80,7 +80,7 @@ impl<'a> Fields<'a> {
         join(&self.path, name)
     }
 
-    fn ask(&mut self, name: &'static str, kind: Kind, required: bool, nullable: bool, env: bool) -> Option<&'a Value> {
+    fn ask(&mut self, name: &'static str, kind: Kind, required: bool, nullable: bool, env: bool) -> Option<&'a Json> {
         self.asked.push(name);
         if let Some(trace) = self.trace {
             trace.borrow_mut().push(Asked { shape: join(&self.shape, name), kind, required, nullable, env });
@@ -88,12 +88,12 @@ impl<'a> Fields<'a> {
         self.map.and_then(|map| map.get(name))
     }
 
-    fn required(&mut self, name: &'static str, kind: Kind, env: bool) -> Result<&'a Value, ConfigError> {
+    fn required(&mut self, name: &'static str, kind: Kind, env: bool) -> Result<&'a Json, ConfigError> {
         self.ask(name, kind, true, false, env).ok_or_else(|| ConfigError::new(self.at(name), "is required"))
     }
 
     /// A field that may be absent or `null`.
-    fn optional(&mut self, name: &'static str, kind: Kind) -> Option<&'a Value> {
+    fn optional(&mut self, name: &'static str, kind: Kind) -> Option<&'a Json> {
         self.ask(name, kind, false, true, false).filter(|value| !value.is_null())
     }
 
@@ -101,22 +101,22 @@ impl<'a> Fields<'a> {
         ConfigError::new(self.at(name), format!("must be {what}"))
     }
 
-    pub(super) fn string_of(&self, name: &str, value: &Value) -> Result<String, ConfigError> {
+    pub(super) fn string_of(&self, name: &str, value: &Json) -> Result<String, ConfigError> {
         value.as_str().map(str::to_owned).ok_or_else(|| self.wrong(name, "a string"))
     }
 
-    fn whole_of<T: Whole>(&self, name: &str, value: &Value) -> Result<T, ConfigError> {
+    fn whole_of<T: Whole>(&self, name: &str, value: &Json) -> Result<T, ConfigError> {
         value
             .as_u64()
             .and_then(|n| T::try_from(n).ok())
             .ok_or_else(|| self.wrong(name, &format!("a whole number from 0 to {}", T::MAX)))
     }
 
-    fn bool_of(&self, name: &str, value: &Value) -> Result<bool, ConfigError> {
+    fn bool_of(&self, name: &str, value: &Json) -> Result<bool, ConfigError> {
         value.as_bool().ok_or_else(|| self.wrong(name, "true or false"))
     }
 
-    pub(super) fn strings_of(&self, name: &str, value: &Value) -> Result<Vec<String>, ConfigError> {
+    pub(super) fn strings_of(&self, name: &str, value: &Json) -> Result<Vec<String>, ConfigError> {
         let items = value.as_array().ok_or_else(|| self.wrong(name, "a list of strings"))?;
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
@@ -125,12 +125,12 @@ impl<'a> Fields<'a> {
         Ok(out)
     }
 
-    fn object_of(&self, name: &str, shape: String, value: &'a Value) -> Result<Fields<'a>, ConfigError> {
+    fn object_of(&self, name: &str, shape: String, value: &'a Json) -> Result<Fields<'a>, ConfigError> {
         let map = value.as_object().ok_or_else(|| self.wrong(name, "an object"))?;
         Ok(Fields { map: Some(map), path: self.at(name), shape, asked: Vec::new(), trace: self.trace })
     }
 
-    fn choice_of<T: Copy>(&self, name: &str, options: &[(&str, T)], value: &Value) -> Result<T, ConfigError> {
+    fn choice_of<T: Copy>(&self, name: &str, options: &[(&str, T)], value: &Json) -> Result<T, ConfigError> {
         let text = value.as_str().unwrap_or_default();
         options.iter().find(|(option, _)| *option == text).map(|(_, choice)| *choice).ok_or_else(|| {
             let quoted: Vec<String> = options.iter().map(|(option, _)| format!("\"{option}\"")).collect();
@@ -157,7 +157,7 @@ impl<'a> Fields<'a> {
     /// Absent: the default; `null`: none (a setting turned off).
     pub(super) fn string_or_null(&mut self, name: &'static str, default: &str) -> Result<Option<String>, ConfigError> {
         match self.ask(name, Kind::String, false, true, false) {
-            Some(Value::Null) => Ok(None),
+            Some(Json::Null) => Ok(None),
             Some(value) => self.string_of(name, value).map(Some),
             None => Ok(Some(default.to_owned())),
         }
@@ -262,11 +262,11 @@ impl<'a> Fields<'a> {
         &mut self,
         name: &'static str,
         kind: Kind,
-        inline: impl FnOnce(&Self, &Value) -> Result<T, ConfigError>,
+        inline: impl FnOnce(&Self, &Json) -> Result<T, ConfigError>,
     ) -> Result<Source<T>, ConfigError> {
         let value = self.required(name, kind, true)?;
         let Some(map) = value.as_object() else { return inline(self, value).map(Source::Inline) };
-        match (map.get("env").and_then(Value::as_str), map.len()) {
+        match (map.get("env").and_then(Json::as_str), map.len()) {
             (Some(env), 1) if !env.is_empty() => Ok(Source::Env(env.to_owned())),
             _ => Err(self.wrong(name, "given inline or as {\"env\": NAME}")),
         }
@@ -274,7 +274,7 @@ impl<'a> Fields<'a> {
 
     /// Refuses the fields nobody asked for.
     pub(super) fn done(self) -> Result<(), ConfigError> {
-        let unknown = self.map.and_then(|map| map.keys().find(|key| !self.asked.contains(&key.as_str())));
+        let unknown = self.map.and_then(|map| map.names().find(|key| !self.asked.contains(key)));
         match unknown {
             Some(key) => Err(ConfigError::new(join(&self.path, key), format!("unknown field `{key}`"))),
             None => Ok(()),

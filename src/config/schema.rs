@@ -8,6 +8,7 @@
 
 use super::read::{Asked, Fields, Kind, Trace};
 use super::RawConfig;
+use crate::json::Json;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -49,7 +50,7 @@ fn every_field() -> Value {
 }
 
 fn fields_read() -> BTreeMap<String, Asked> {
-    let document = every_field();
+    let document = Json::parse(every_field().to_string().as_bytes()).unwrap();
     let trace = Trace::default();
     let read = Fields::document(&document, Some(&trace)).and_then(RawConfig::read);
     assert!(read.is_ok(), "{:?}", read.err());

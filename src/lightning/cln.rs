@@ -2,17 +2,16 @@
 
 use super::{Callout, Invoice, InvoiceOrder, NodeError};
 use crate::callout::{parse_json, Answer};
+use crate::json::Object;
 use crate::l402::encoding::hex_decode_array;
-use serde_json::json;
 
 pub fn create_invoice(rune: &str, order: &InvoiceOrder<'_>) -> Callout {
-    let body = json!({
-        "amount_msat": order.amount_msat,
-        "label": order.label,
-        "description": order.memo,
-        "expiry": order.expiry_s,
-    });
-    Callout::post_json("/v1/invoice", Some(("rune", rune)), &body)
+    let body = Object::new()
+        .with("amount_msat", order.amount_msat)
+        .with("label", order.label)
+        .with("description", order.memo)
+        .with("expiry", order.expiry_s);
+    Callout::post_json("/v1/invoice", Some(("rune", rune)), body)
 }
 
 pub fn parse_created(body: &[u8]) -> Result<Invoice, NodeError> {
@@ -25,7 +24,7 @@ pub fn parse_created(body: &[u8]) -> Result<Invoice, NodeError> {
 }
 
 pub fn list_invoices(rune: &str, payment_hash_hex: &str) -> Callout {
-    Callout::post_json("/v1/listinvoices", Some(("rune", rune)), &json!({ "payment_hash": payment_hash_hex }))
+    Callout::post_json("/v1/listinvoices", Some(("rune", rune)), Object::new().with("payment_hash", payment_hash_hex))
 }
 
 pub fn parse_settled(body: &[u8]) -> Result<bool, NodeError> {
@@ -37,6 +36,7 @@ pub fn parse_settled(body: &[u8]) -> Result<bool, NodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn builds_request_with_unique_label() {

@@ -2,19 +2,18 @@
 
 use super::{Callout, Invoice, InvoiceOrder, NodeError};
 use crate::callout::{parse_json, Answer};
+use crate::json::Object;
 use crate::l402::encoding::hex_decode_array;
-use serde_json::json;
 
 pub fn create_invoice(invoice_key: &str, order: &InvoiceOrder<'_>) -> Callout {
     // `out` defaults to true (a payment) in LNbits: always send it. Amounts are whole satoshis,
     // which the config guarantees for LNbits routes.
-    let body = json!({
-        "out": false,
-        "amount": order.amount_msat / 1000,
-        "memo": order.memo,
-        "expiry": order.expiry_s,
-    });
-    Callout::post_json("/api/v1/payments", Some(("x-api-key", invoice_key)), &body)
+    let body = Object::new()
+        .with("out", false)
+        .with("amount", order.amount_msat / 1000)
+        .with("memo", order.memo)
+        .with("expiry", order.expiry_s);
+    Callout::post_json("/api/v1/payments", Some(("x-api-key", invoice_key)), body)
 }
 
 pub fn parse_created(body: &[u8]) -> Result<Invoice, NodeError> {
@@ -41,6 +40,7 @@ pub fn parse_settled(body: &[u8]) -> Result<bool, NodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn builds_incoming_payment_request() {

@@ -5,16 +5,15 @@ use super::{Callout, Invoice, InvoiceOrder, NodeError};
 use crate::callout::{parse_json, Answer};
 
 const MACAROON_HEADER: &str = "grpc-metadata-macaroon";
+use crate::json::Object;
 use crate::l402::encoding::base64_decode;
-use serde_json::json;
 
 pub fn create_invoice(macaroon_hex: &str, order: &InvoiceOrder<'_>) -> Callout {
-    let body = json!({
-        "value_msat": order.amount_msat.to_string(),
-        "memo": order.memo,
-        "expiry": order.expiry_s.to_string(),
-    });
-    Callout::post_json("/v1/invoices", Some((MACAROON_HEADER, macaroon_hex)), &body)
+    let body = Object::new()
+        .with("value_msat", order.amount_msat.to_string())
+        .with("memo", order.memo)
+        .with("expiry", order.expiry_s.to_string());
+    Callout::post_json("/v1/invoices", Some((MACAROON_HEADER, macaroon_hex)), body)
 }
 
 pub fn parse_created(body: &[u8]) -> Result<Invoice, NodeError> {
@@ -40,6 +39,7 @@ pub fn parse_settled(body: &[u8]) -> Result<bool, NodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn builds_proto3_json_request() {

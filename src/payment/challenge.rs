@@ -4,12 +4,12 @@
 
 use super::jcs::canonical;
 use super::wire::{base64url_decode, base64url_encode, quoted};
+use crate::json::{Json, Object};
 use crate::l402::encoding::hex_encode;
 use crate::l402::macaroon::HmacSha256;
 use crate::l402::SecretRing;
 use core::fmt;
 use hmac::Mac;
-use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 
 pub const SCHEME: &str = "Payment";
@@ -50,7 +50,7 @@ impl Params {
 
     /// The parameters as a credential echoes them: an object of strings, the optional ones
     /// absent or empty. Other members (a session intent's) are ignored.
-    pub fn from_json(value: &Value) -> Option<Params> {
+    pub fn from_json(value: &Json) -> Option<Params> {
         let object = value.as_object()?;
         let text = |name: &str| object.get(name)?.as_str().map(str::to_owned);
         let optional = |name: &str| object.get(name).map_or(Some(String::new()), |v| v.as_str().map(str::to_owned));
@@ -68,8 +68,8 @@ impl Params {
     }
 
     /// The parameters as a client echoes them: the optional ones left out when empty.
-    pub fn to_json(&self) -> Value {
-        let mut members = Map::new();
+    pub fn to_json(&self) -> Json {
+        let mut members = Object::new();
         let required = [("id", &self.id), ("realm", &self.realm), ("method", &self.method), ("intent", &self.intent)];
         let optional = [
             ("expires", &self.expires),
@@ -78,12 +78,12 @@ impl Params {
             ("opaque", &self.opaque),
         ];
         for (name, value) in required.into_iter().chain([("request", &self.request)]) {
-            members.insert(name.to_owned(), json!(value));
+            members.insert(name, value);
         }
         for (name, value) in optional.into_iter().filter(|(_, value)| !value.is_empty()) {
-            members.insert(name.to_owned(), json!(value));
+            members.insert(name, value);
         }
-        Value::Object(members)
+        Json::Object(members)
     }
 
     /// The input of the challenge id: seven positional slots joined by `|`, empty when absent
@@ -185,15 +185,16 @@ fn network(invoice: &str) -> Option<&'static str> {
 /// The charge request: amount in satoshis (a decimal string), the invoice and its payment hash, so
 /// that the hash is bound by the challenge id and no BOLT11 decoding is needed to verify.
 pub fn charge_request(amount_sat: u64, description: &str, invoice: &str, payment_hash: &[u8; 32]) -> String {
-    let mut details = json!({ "invoice": invoice, "paymentHash": hex_encode(payment_hash) });
-    if let (Some(net), Some(map)) = (network(invoice), details.as_object_mut()) {
-        map.insert("network".to_owned(), json!(net));
+    let mut details = Object::new().with("invoice", invoice).with("paymentHash", hex_encode(payment_hash));
+    if let Some(net) = network(invoice) {
+        details.insert("network", net);
     }
-    let mut request = json!({ "amount": amount_sat.to_string(), "currency": "sat", "methodDetails": details });
-    if let (false, Some(map)) = (description.is_empty(), request.as_object_mut()) {
-        map.insert("description".to_owned(), json!(description));
+    let mut request =
+        Object::new().with("amount", amount_sat.to_string()).with("currency", "sat").with("methodDetails", details);
+    if !description.is_empty() {
+        request.insert("description", description);
     }
-    base64url_encode(canonical(&request).as_bytes())
+    encode_canonical(&request.into())
 }
 
 /// What a challenge was issued for, carried in `opaque`: the service; the token id of the purchase,
@@ -211,24 +212,22 @@ pub struct Binding {
 
 impl Binding {
     pub fn encode(&self) -> String {
-        let mut members = Map::new();
-        members.insert("service".to_owned(), json!(self.service));
-        members.insert("token_id".to_owned(), json!(self.token_id));
+        let mut members = Object::new().with("service", &self.service).with("token_id", &self.token_id);
         for (name, value) in [("method", &self.method), ("path", &self.path)] {
             if let Some(value) = value {
-                members.insert(name.to_owned(), json!(value));
+                members.insert(name, value);
             }
         }
-        base64url_encode(canonical(&Value::Object(members)).as_bytes())
+        encode_canonical(&members.into())
     }
 
     /// `opaque` as [`Binding::encode`] writes it; a method or path may be absent or `null`.
     pub fn decode(opaque: &str) -> Option<Binding> {
-        let value: Value = serde_json::from_slice(&base64url_decode(opaque)?).ok()?;
+        let value = Json::parse(&base64url_decode(opaque)?).ok()?;
         let object = value.as_object()?;
         let text = |name: &str| object.get(name)?.as_str().map(str::to_owned);
         let optional = |name: &str| match object.get(name) {
-            None | Some(Value::Null) => Some(None),
+            None | Some(Json::Null) => Some(None),
             Some(value) => value.as_str().map(|text| Some(text.to_owned())),
         };
         Some(Binding {
@@ -238,6 +237,12 @@ impl Binding {
             path: optional("path")?,
         })
     }
+}
+
+/// base64url of a value's canonical JSON. The gateway's values hold strings and objects only,
+/// which always have one.
+fn encode_canonical(value: &Json) -> String {
+    base64url_encode(canonical(value).unwrap_or_default().as_bytes())
 }
 
 #[cfg(test)]

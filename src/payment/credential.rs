@@ -4,9 +4,9 @@
 
 use super::challenge::{Binding, IdKeys, Params, INTENT_CHARGE, METHOD_LIGHTNING, SCHEME};
 use super::wire::{base64url_decode, parse_rfc3339};
+use crate::json::Json;
 use crate::l402::encoding::hex_decode_array;
 use core::fmt;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -133,7 +133,7 @@ pub fn decode(value: &str) -> Result<Presented, PaymentError> {
     }
     let token = token(value).filter(|t| !t.is_empty()).ok_or(PaymentError::Malformed("no credential"))?;
     let json = base64url_decode(token).ok_or(PaymentError::Malformed("credential is not base64url"))?;
-    let credential: Option<(Params, String)> = serde_json::from_slice::<Value>(&json).ok().and_then(|credential| {
+    let credential: Option<(Params, String)> = Json::parse(&json).ok().and_then(|credential| {
         let preimage = credential.get("payload")?.get("preimage")?.as_str()?.to_owned();
         Some((Params::from_json(credential.get("challenge")?)?, preimage))
     });
@@ -156,7 +156,7 @@ pub fn verify(keys: &IdKeys, value: &str, now: u64) -> Result<Charge, PaymentErr
     if now >= expires {
         return Err(PaymentError::Expired);
     }
-    let request = base64url_decode(&challenge.request).and_then(|json| serde_json::from_slice::<Value>(&json).ok());
+    let request = base64url_decode(&challenge.request).and_then(|json| Json::parse(&json).ok());
     let text = |path: &[&str]| path.iter().try_fold(request.as_ref()?, |value, name| value.get(name))?.as_str();
     let (Some(amount), Some(currency), Some(payment_hash)) =
         (text(&["amount"]), text(&["currency"]), text(&["methodDetails", "paymentHash"]))
@@ -183,9 +183,8 @@ pub fn verify(keys: &IdKeys, value: &str, now: u64) -> Result<Charge, PaymentErr
 #[cfg(test)]
 mod tests {
     use super::super::challenge::charge_request;
-    use super::super::wire::{base64url_encode, rfc3339};
+    use super::super::wire::rfc3339;
     use super::*;
-    use serde_json::json;
 
     const PREIMAGE: [u8; 32] = [7; 32];
     const NOW: u64 = 1_800_000_000;
@@ -214,8 +213,7 @@ mod tests {
     }
 
     fn header(challenge: &Params, preimage: &str) -> String {
-        let json = json!({ "challenge": challenge.to_json(), "payload": { "preimage": preimage } });
-        format!("Payment {}", base64url_encode(json.to_string().as_bytes()))
+        crate::testing::payment_header(challenge, preimage)
     }
 
     #[test]

@@ -1,31 +1,21 @@
 //! `Payment-Receipt`: base64url JSON telling the client which challenge its payment settled.
 
 use super::challenge::METHOD_LIGHTNING;
-use super::jcs::write_string;
 use super::wire::{base64url_encode, rfc3339};
+use crate::json::{Json, Object};
 use crate::l402::encoding::hex_encode;
 
 pub const HEADER: &str = "payment-receipt";
 
 pub fn receipt(challenge_id: &str, payment_hash: &[u8; 32], now: u64) -> String {
-    // Written member by member: the order is the draft's (status, method, timestamp, reference
-    // as the invoice's payment hash, challengeId), which a map would sort.
-    let mut json = String::new();
-    let members = [
-        ("status", "success"),
-        ("method", METHOD_LIGHTNING),
-        ("timestamp", &rfc3339(now)),
-        ("reference", &hex_encode(payment_hash)),
-        ("challengeId", challenge_id),
-    ];
-    for (i, (name, value)) in members.into_iter().enumerate() {
-        json.push(if i == 0 { '{' } else { ',' });
-        write_string(&mut json, name);
-        json.push(':');
-        write_string(&mut json, value);
-    }
-    json.push('}');
-    base64url_encode(json.as_bytes())
+    // The draft's members in its order; the reference is the invoice's payment hash.
+    let receipt = Object::new()
+        .with("status", "success")
+        .with("method", METHOD_LIGHTNING)
+        .with("timestamp", rfc3339(now))
+        .with("reference", hex_encode(payment_hash))
+        .with("challengeId", challenge_id);
+    base64url_encode(Json::from(receipt).text().as_bytes())
 }
 
 #[cfg(test)]

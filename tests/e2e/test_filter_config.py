@@ -78,7 +78,7 @@ BAD_CONFIGS = [
     ("secret_env_unset", lambda c: None, "L402_SECRETS", "secrets: environment variable L402_SECRETS is not set"),
     ("credential_env_unset", lambda c: None, "LNBITS_INVOICE_KEY",
      "node.credential: environment variable LNBITS_INVOICE_KEY is not set"),
-    ("not_json", lambda c: "{ not json", None, "config: key must be a string"),
+    ("not_json", lambda c: "{ not json", None, "config: not JSON: expected a member name at byte 2"),
 ]
 
 

@@ -115,7 +115,7 @@ fn main() {
         keys.sign(&mut c);
         common::payment_header(&c, &preimage)
     };
-    let no_payload = format!(r#"{{"challenge":{}}}"#, serde_json::to_string(&challenge).unwrap());
+    let no_payload = format!(r#"{{"challenge":{}}}"#, challenge.to_json().text());
     let near_misses: &[(&str, String)] = &[
         ("valid", valid.clone()),
         ("valid-lower", valid.replacen("Payment", "payment", 1)),

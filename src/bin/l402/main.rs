@@ -520,7 +520,7 @@ fn payment_inspect(args: &PaymentInspect) -> CliResult<ExitCode> {
     let presented = payment::decode(payment_value(&text)).map_err(|e| e.to_string())?;
     let challenge = &presented.challenge;
     let out = json!({
-        "challenge": challenge.to_json(),
+        "challenge": serde_json::from_str::<serde_json::Value>(&challenge.to_json().text()).unwrap_or_default(),
         "request": decoded_param(&challenge.request),
         "opaque": decoded_param(&challenge.opaque),
         "expires_unix": parse_rfc3339(&challenge.expires),
