@@ -343,7 +343,7 @@ def main() -> int:
                     help="requests per run of (g): each presents a new single-use charge")
     ap.add_argument("--only", help="comma-separated target keys (default: all)")
     ap.add_argument("--compare-wasm", type=Path,
-                    help="another l402.wasm (an earlier build): adds (c') beside (c), run in the same rounds")
+                    help="another l402.wasm (an earlier build): adds (c') beside (c) and (e') beside (e), run in the same rounds")
     ap.add_argument("--out", default=str(RUN / "results.json"))
     args = ap.parse_args()
 
@@ -539,6 +539,11 @@ def main() -> int:
                       fill(template("cluster-lnd.yaml"), LND_PORT=nginx_port))
             targets.append(Target(f"e-fast-c{cc}", "(e) 402 path, instant node (nginx)",
                                   f"http://127.0.0.1:{e.listen}{PATH}", [], 402, e, cc))
+            if args.compare_wasm:
+                other = envoy("e-other-fast", "direct", wasm_filter("l402", args.compare_wasm, l402_config(port=nginx_port)),
+                              fill(template("cluster-lnd.yaml"), LND_PORT=nginx_port))
+                targets.append(Target(f"e-other-fast-c{cc}", f"(e') 402 path, instant node, {args.compare_wasm.name}",
+                                      f"http://127.0.0.1:{other.listen}{PATH}", [], 402, other, cc))
             # Envoy's own floor of that path: an empty filter that makes the same callout and sends a
             # local 402 of the same size, with none of l402's work.
             floor = envoy("x-callout-fast", "direct", wasm_filter("empty", EMPTY_WASM, "callout:lnd"),
@@ -704,6 +709,8 @@ def build_results(targets: list[Target], meta: dict[str, Any], args: argparse.Na
         "cpu_us e-fast - x-callout": diff(f"e-fast-c{str(args.challenge_connections).split(',')[0]}",
                                           f"x-callout-fast-c{str(args.challenge_connections).split(',')[0]}",
                                           "envoy_cpu_us_per_req"),
+        "cpu_us e' - e fast": diff(f"e-other-fast-c{str(args.challenge_connections).split(',')[0]}",
+                                   f"e-fast-c{str(args.challenge_connections).split(',')[0]}", "envoy_cpu_us_per_req"),
         # A metered route's paid path beside the flat one: per gateway, and with etcd (1 connection).
         "cpu_us m-c direct": diff("m-direct", "c-direct", "envoy_cpu_us_per_req"),
         "cpu_us m-etcd - c, 1 connection": diff("m-etcd-direct", "c-direct-c1", "envoy_cpu_us_per_req"),

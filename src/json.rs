@@ -229,24 +229,31 @@ impl<T: Into<Json>> From<Vec<T>> for Json {
 /// escaped, the latter by their short form where there is one; everything else as it is.
 pub fn write_string(out: &mut String, text: &str) {
     out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
+    let mut rest = text;
+    // Runs that need no escape are copied whole.
+    while let Some(at) = rest.find(|c: char| c == '"' || c == '\\' || c < ' ') {
+        let (plain, tail) = rest.split_at(at);
+        out.push_str(plain);
+        let mut chars = tail.chars();
+        match chars.next() {
+            Some('"') => out.push_str("\\\""),
+            Some('\\') => out.push_str("\\\\"),
+            Some('\u{8}') => out.push_str("\\b"),
+            Some('\u{c}') => out.push_str("\\f"),
+            Some('\n') => out.push_str("\\n"),
+            Some('\r') => out.push_str("\\r"),
+            Some('\t') => out.push_str("\\t"),
+            Some(c) => {
                 out.push_str("\\u00");
                 let code = u32::from(c);
                 out.push(hex_digit(code >> 4));
                 out.push(hex_digit(code & 0xf));
             }
-            c => out.push(c),
+            None => {}
         }
+        rest = chars.as_str();
     }
+    out.push_str(rest);
     out.push('"');
 }
 
@@ -420,6 +427,12 @@ impl Parser<'_> {
         self.bump();
         let mut out = Vec::new();
         loop {
+            // Runs of plain characters are copied whole.
+            let start = self.at;
+            while matches!(self.peek(), Some(byte) if byte != b'"' && byte != b'\\' && byte >= 0x20) {
+                self.bump();
+            }
+            out.extend_from_slice(self.text.get(start..self.at).unwrap_or_default());
             let Some(byte) = self.peek() else { return Err(self.error("unterminated string")) };
             self.bump();
             match byte {
@@ -442,8 +455,7 @@ impl Parser<'_> {
                     let mut buffer = [0; 4];
                     out.extend_from_slice(c.encode_utf8(&mut buffer).as_bytes());
                 }
-                0..=0x1f => return Err(self.error("control character in a string")),
-                _ => out.push(byte),
+                _ => return Err(self.error("control character in a string")),
             }
         }
         // The text is UTF-8 and escapes were written as UTF-8: this cannot fail.
