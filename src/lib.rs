@@ -2,7 +2,8 @@
 //!
 //! `l402` is the protocol; `lightning`, `pricing` and `fleet` the services the filter calls, as
 //! plain data; `config`, `policy` and `gate` the decision; `store` the counters kept in the proxy's
-//! shared data; `meter` the balances of metered routes; `response` and `metrics` what the filter answers and counts. All of them are pure
+//! shared data; `meter` the balances of metered routes; `response` and `metrics` what the filter answers and counts;
+//! `json` the JSON it reads and writes. All of them are pure
 //! and tested natively. `filter` is the only module that talks to the proxy-wasm host.
 
 // A panic kills the VM for every request on its worker: nothing in the library may panic on

@@ -62,6 +62,11 @@ fn main() {
     write("node_response", "lnbits-201", &[&[101u8][..], lnbits.as_bytes()].concat());
     write("node_response", "error-500", &[&[205u8][..], br#"{"detail":"wallet not found"}"#].concat());
 
+    // JSON: every kind of value, escapes and a surrogate pair, a node's answer, deep nesting.
+    write("json", "mixed", br#"{"a":[1,-2.5e3,true,null,{"b":"\u00e9\ud83d\ude00"}],"c":"x\ny"}"#);
+    write("json", "lnd", br#"{"r_hash":"q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=","payment_request":"lnbcrt100n1p"}"#);
+    write("json", "nested", &[b"[".repeat(64), b"]".repeat(64)].concat());
+
     // gate: readable request records; `!` lines are minted by the target itself.
     let gate: &[(&str, String)] = &[
         ("paid", "GET\n/v1/forecast\napi.example.com\n500\n!weather||1000||".to_owned()),
