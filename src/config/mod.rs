@@ -862,6 +862,9 @@ mod tests {
         no_routes["routes"] = json!([]);
         assert_eq!(error_field(&no_routes), "routes");
         assert_eq!(Config::parse(b"{", &|_| None).err().map(|e| e.field), Some("config".into()));
+        let twice =
+            base().to_string().replacen("\"routes\":", "\"unmatched\":\"free\",\"unmatched\":\"deny\",\"routes\":", 1);
+        assert!(Config::parse(twice.as_bytes(), &|_| None).is_err_and(|e| e.field == "config"), "{twice}");
         let mut header = base();
         header["upstream_headers"] = json!({"service": "bad header"});
         assert_eq!(error_field(&header), "upstream_headers.service");

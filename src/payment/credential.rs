@@ -228,6 +228,21 @@ mod tests {
         assert!(verify(&keys, &header(&c, &"07".repeat(32)).replacen("Payment", "payment", 1), NOW).is_ok());
     }
 
+    /// A credential naming a member twice is refused, whichever copy a reader would take: one
+    /// parser could verify the first preimage and another hand the second on.
+    #[test]
+    fn a_repeated_member_is_refused() {
+        let keys = keys();
+        let c = challenge(&keys, NOW + 60);
+        let good = header(&c, &"07".repeat(32));
+        let json = base64url_decode(good.strip_prefix("Payment ").unwrap()).unwrap();
+        let json = String::from_utf8(json).unwrap();
+        let twice = json.replacen(r#""payload":{"#, &format!(r#""payload":{{"preimage":"{}","#, "08".repeat(32)), 1);
+        assert!(twice.contains(&"07".repeat(32)) && twice.contains(&"08".repeat(32)), "{twice}");
+        let value = format!("Payment {}", super::super::wire::base64url_encode(twice.as_bytes()));
+        assert_eq!(verify(&keys, &value, NOW).map(drop).map_err(|e| e.code()), Err("malformed"));
+    }
+
     #[test]
     fn each_fault_has_its_reason() {
         let keys = keys();
