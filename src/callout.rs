@@ -143,9 +143,13 @@ impl<'a> Answer<'a> {
         self.field(name, read)
     }
 
-    /// The names of the fields, to refuse those not understood.
-    pub(crate) fn names(self) -> impl Iterator<Item = &'a str> {
-        self.0.names()
+    /// Refuses an answer with a field not in `known`, for services whose mistakes must not pass
+    /// unnoticed.
+    pub(crate) fn only(self, known: &[&str]) -> Result<(), NodeError> {
+        match self.0.names().all(|name| known.contains(&name)) {
+            true => Ok(()),
+            false => Err(UNEXPECTED),
+        }
     }
 }
 

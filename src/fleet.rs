@@ -125,12 +125,12 @@ fn parse_swap(status: Option<u32>, body: &[u8]) -> Result<Swapped<Stored>, NodeE
         let revision = header.map(|h| h.opt_text("revision")).transpose()?.flatten().unwrap_or_default();
         return Ok(Swapped::Written { revision: revision.to_owned() });
     }
-    let mut ranges = Vec::new();
+    // The failure branch's read: the first operation that is a range.
+    let mut range = None;
     for op in answer.opt_objects("responses")?.unwrap_or_default() {
-        ranges.extend(op.opt_object("response_range")?);
+        range = range.or(op.opt_object("response_range")?);
     }
-    let Some(kv) = ranges.first().map(|range| key_values(*range)).transpose()?.and_then(|kvs| kvs.into_iter().next())
-    else {
+    let Some(kv) = range.map(key_values).transpose()?.and_then(|kvs| kvs.into_iter().next()) else {
         return Ok(Swapped::Changed(None));
     };
     let value = base64_decode(kv.value).ok_or(NodeError::BadResponse("value is not base64"))?;

@@ -227,7 +227,7 @@ impl<T: Into<Json>> From<Vec<T>> for Json {
 
 /// A JSON string as ECMAScript's `JSON.stringify` writes it: `"`, `\` and control characters
 /// escaped, the latter by their short form where there is one; everything else as it is.
-pub fn write_string(out: &mut String, text: &str) {
+fn write_string(out: &mut String, text: &str) {
     out.push('"');
     let mut rest = text;
     // Runs that need no escape are copied whole.

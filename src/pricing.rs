@@ -43,9 +43,7 @@ pub fn parse_quote(status: Option<u32>, body: &[u8]) -> Result<Quote, NodeError>
     check_answer(status, body)?;
     let json = parse_json(body)?;
     let answer = Answer::of(&json)?;
-    if !answer.names().all(|name| QUOTE_FIELDS.contains(&name)) {
-        return Err(NodeError::BadResponse("not the expected JSON"));
-    }
+    answer.only(&QUOTE_FIELDS)?;
     let (lifetime_s, capabilities) = (answer.opt_whole("lifetime_s")?, answer.opt_texts("capabilities")?);
     let price_msat = match (answer.opt_whole("price_msat")?, answer.opt_whole("price_sat")?) {
         (Some(msat), None) => Some(msat),

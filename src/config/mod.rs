@@ -77,7 +77,7 @@ struct RawConfig {
 impl RawConfig {
     fn read(mut f: Fields) -> Result<RawConfig, ConfigError> {
         let raw = RawConfig {
-            secrets: f.inline_or_env("secrets", Kind::Strings, |f, value| f.strings_of("secrets", value))?,
+            secrets: f.inline_or_env("secrets", Kind::Strings, Fields::strings_of)?,
             node: RawNode::read(f.object("node")?)?,
             invoice: RawInvoice::read(f.defaulted_object("invoice")?)?,
             routes: f.objects("routes")?.into_iter().map(RawRoute::read).collect::<Result<_, _>>()?,
@@ -288,7 +288,7 @@ impl RawNode {
             upstream: f.string("upstream")?,
             authority: f.string("authority")?,
             tls: f.bool_or("tls", false)?,
-            credential: f.inline_or_env("credential", Kind::String, |f, value| f.string_of("credential", value))?,
+            credential: f.inline_or_env("credential", Kind::String, Fields::string_of)?,
             timeout_ms: f.whole_or("timeout_ms", DEFAULT_TIMEOUT_MS)?,
             strict: f.bool_or("strict", false)?,
             macaroon_only: f.bool_or("macaroon_only", false)?,

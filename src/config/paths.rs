@@ -4,7 +4,7 @@
 use super::read::Fields;
 use super::ConfigError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Paths {
     pub encoded_slashes: EncodedSlashes,
 }
@@ -20,10 +20,9 @@ impl Paths {
 
 /// What a path with `%2F`, `%5C` or `\` gets. Decoding upstreams take them for separators, others
 /// for data, so such a path names two resources.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EncodedSlashes {
     /// Refused with 400 `ambiguous_path`.
-    #[default]
     Reject,
     /// Passes when both readings (slash as data, slash as separator) fall under the same rule, for
     /// APIs with ids like `group%2Fproject`.

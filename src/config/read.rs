@@ -256,16 +256,15 @@ impl<'a> Fields<'a> {
         Ok(out)
     }
 
-    /// A required value given inline (read by `inline`, which names what it takes) or as
-    /// `{"env": NAME}`.
+    /// A required value given inline (read by `inline`, as `kind`) or as `{"env": NAME}`.
     pub(super) fn inline_or_env<T>(
         &mut self,
         name: &'static str,
         kind: Kind,
-        inline: impl FnOnce(&Self, &Json) -> Result<T, ConfigError>,
+        inline: impl FnOnce(&Self, &str, &Json) -> Result<T, ConfigError>,
     ) -> Result<Source<T>, ConfigError> {
         let value = self.required(name, kind, true)?;
-        let Some(map) = value.as_object() else { return inline(self, value).map(Source::Inline) };
+        let Some(map) = value.as_object() else { return inline(self, name, value).map(Source::Inline) };
         match (map.get("env").and_then(Json::as_str), map.len()) {
             (Some(env), 1) if !env.is_empty() => Ok(Source::Env(env.to_owned())),
             _ => Err(self.wrong(name, "given inline or as {\"env\": NAME}")),

@@ -3,10 +3,10 @@
 
 use super::{Callout, Invoice, InvoiceOrder, NodeError};
 use crate::callout::{parse_json, Answer};
-
-const MACAROON_HEADER: &str = "grpc-metadata-macaroon";
 use crate::json::Object;
 use crate::l402::encoding::base64_decode;
+
+const MACAROON_HEADER: &str = "grpc-metadata-macaroon";
 
 pub fn create_invoice(macaroon_hex: &str, order: &InvoiceOrder<'_>) -> Callout {
     let body = Object::new()

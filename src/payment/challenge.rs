@@ -70,17 +70,20 @@ impl Params {
     /// The parameters as a client echoes them: the optional ones left out when empty.
     pub fn to_json(&self) -> Json {
         let mut members = Object::new();
-        let required = [("id", &self.id), ("realm", &self.realm), ("method", &self.method), ("intent", &self.intent)];
+        let required = [
+            ("id", &self.id),
+            ("realm", &self.realm),
+            ("method", &self.method),
+            ("intent", &self.intent),
+            ("request", &self.request),
+        ];
         let optional = [
             ("expires", &self.expires),
             ("digest", &self.digest),
             ("description", &self.description),
             ("opaque", &self.opaque),
         ];
-        for (name, value) in required.into_iter().chain([("request", &self.request)]) {
-            members.insert(name, value);
-        }
-        for (name, value) in optional.into_iter().filter(|(_, value)| !value.is_empty()) {
+        for (name, value) in required.into_iter().chain(optional.into_iter().filter(|(_, value)| !value.is_empty())) {
             members.insert(name, value);
         }
         Json::Object(members)

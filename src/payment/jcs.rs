@@ -6,58 +6,36 @@
 //! they are: the gateway canonicalizes its own values, which carry amounts as strings, and
 //! re-rendering other numbers as ECMAScript does would link floating-point formatting for nothing.
 
-use crate::json::{write_string, Json};
+use crate::json::{Json, Object};
 
 /// Largest integer an IEEE double holds exactly, and so ECMAScript writes digit for digit.
 const MAX_EXACT: u64 = 1 << 53;
 
 /// The canonical form of `value`: members sorted by their UTF-16 code units, no whitespace,
-/// strings escaped as ECMAScript's `JSON.stringify` does; `None` if it holds a number other than
-/// an exact integer in canonical form.
+/// strings escaped as ECMAScript's `JSON.stringify` does (as `Json` writes them); `None` if it
+/// holds a number other than an exact integer in canonical form.
 pub fn canonical(value: &Json) -> Option<String> {
-    let mut out = String::new();
-    write_value(&mut out, value)?;
-    Some(out)
+    Some(in_canonical_order(value)?.text())
 }
 
-fn write_value(out: &mut String, value: &Json) -> Option<()> {
-    match value {
-        Json::Null => out.push_str("null"),
-        Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Json::Number(text) => out.push_str(exact_integer(text)?),
-        Json::String(s) => write_string(out, s),
-        Json::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_value(out, item)?;
-            }
-            out.push(']');
-        }
+/// `value` with every object's members in UTF-16 order and every number as ECMAScript writes it.
+fn in_canonical_order(value: &Json) -> Option<Json> {
+    Some(match value {
+        Json::Number(text) => Json::Number(exact_integer(text)?.to_owned()),
+        Json::Array(items) => Json::Array(items.iter().map(in_canonical_order).collect::<Option<_>>()?),
         Json::Object(members) => {
             // Names in code point order differ from UTF-16's only where they mix supplementary
             // characters with U+E000..U+FFFF: placing each member by binary search keeps that case
             // right without linking a sort, for objects of the gateway's own making.
-            let mut sorted: Vec<(&str, &Json)> = Vec::with_capacity(members.len());
-            for member in members.iter() {
-                let at = sorted.partition_point(|(name, _)| name.encode_utf16().lt(member.0.encode_utf16()));
-                sorted.insert(at, member);
+            let mut sorted: Vec<(&str, Json)> = Vec::with_capacity(members.len());
+            for (name, member) in members.iter() {
+                let at = sorted.partition_point(|(placed, _)| placed.encode_utf16().lt(name.encode_utf16()));
+                sorted.insert(at, (name, in_canonical_order(member)?));
             }
-            out.push('{');
-            for (i, (name, member)) in sorted.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_string(out, name);
-                out.push(':');
-                write_value(out, member)?;
-            }
-            out.push('}');
+            Json::Object(sorted.into_iter().fold(Object::new(), |object, (name, member)| object.with(name, member)))
         }
-    }
-    Some(())
+        other => other.clone(),
+    })
 }
 
 /// `0` or an integer without leading zeros whose magnitude is at most 2^53: what ECMAScript writes
