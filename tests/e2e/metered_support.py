@@ -113,6 +113,12 @@ class LlmUpstream:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    def __enter__(self) -> "LlmUpstream":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
     # -- record
     def requests(self) -> list[Seen]:
         with self._lock:
@@ -364,8 +370,5 @@ def grpc_request(n: int = 3, cost: int | str | None = None, where: str = "traile
 @pytest.fixture(scope="module")
 def llm() -> Iterator[LlmUpstream]:
     """The LLM-like upstream, for a module's tests (imported by them as a fixture)."""
-    up = LlmUpstream().start()
-    try:
+    with LlmUpstream() as up:
         yield up
-    finally:
-        up.stop()

@@ -42,6 +42,12 @@ class GrpcServer:
     def stop(self) -> None:
         self.server.stop(grace=None)
 
+    def __enter__(self) -> "GrpcServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
     def clear(self) -> None:
         with self.lock:
             self.calls.clear()
@@ -76,11 +82,8 @@ def h2(template: str) -> str:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[EchoServer]:
-    s = EchoServer().start()
-    try:
+    with EchoServer() as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")

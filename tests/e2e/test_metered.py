@@ -108,11 +108,8 @@ class MeteredGateway(Gateway):
 
 @pytest.fixture(scope="module")
 def grpc_llm() -> Iterator[GrpcLlm]:
-    server = GrpcLlm().start()
-    try:
+    with GrpcLlm() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

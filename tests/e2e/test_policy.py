@@ -47,11 +47,8 @@ FORGED = {"X-L402-Token-Id": "ab" * 32, "X-L402-Service": "forged", "X-L402-Pric
 @pytest.fixture(scope="module")
 def up() -> Iterator[RecordingUpstream]:
     """A recording upstream that keeps every copy of every header."""
-    u = RecordingUpstream().start()
-    try:
+    with RecordingUpstream() as u:
         yield u
-    finally:
-        u.stop()
 
 
 @pytest.fixture(scope="module")

@@ -78,9 +78,8 @@ def faulty(lnd: Any, lnd_tls: Any) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def api() -> Iterator[RecordingUpstream]:
-    up = RecordingUpstream().start()
-    yield up
-    up.stop()
+    with RecordingUpstream() as up:
+        yield up
 
 
 @pytest.fixture
